@@ -1,0 +1,155 @@
+"""MLflow tracking and provenance (git commit, data version) shared by the stages.
+
+One pipeline execution is one MLflow run: ``train`` starts it and records its id in
+``models/mlflow_run.json``; ``evaluate`` and ``export`` log into the same run.
+``MLFLOW_TRACKING_URI`` selects a hosted server; by default a SQLite store under ``.mlflow/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pneumonia import config
+
+EXPERIMENT_NAME = os.environ.get("MLFLOW_EXPERIMENT_NAME", "pneumonia")
+REGISTERED_MODEL_NAME = os.environ.get("MLFLOW_REGISTERED_MODEL_NAME", "pneumonia-resnet18")
+CANDIDATE_ALIAS = "challenger"  # every new version; the deploy job moves "production"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The configured MLflow server cannot be reached: results would be lost silently."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or _default_uri()
+
+
+def _default_uri() -> str:
+    return f"sqlite:///{config.MLFLOW_DIR / 'mlflow.db'}"
+
+
+def _mlflow():
+    import mlflow  # slow import: only the stages that log pay for it
+
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    else:
+        config.MLFLOW_DIR.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
+        # The default store keeps its artifacts beside it, not in the current directory.
+        local = uri == _default_uri()
+        artifacts = (config.MLFLOW_DIR / "artifacts").as_uri() if local else None
+        mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=artifacts)
+    mlflow.set_experiment(EXPERIMENT_NAME)
+    return mlflow
+
+
+def _check_server(uri: str) -> None:
+    """Fail in seconds, with the fix, instead of MLflow's minutes of retries."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingUnavailableError(
+            f"MLflow server {uri} (MLFLOW_TRACKING_URI) is not reachable: {exc}. Start it, fix "
+            "the URI and credentials (MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN), or unset "
+            "MLFLOW_TRACKING_URI to log to the local store in .mlflow/."
+        ) from exc
+
+
+def git_info(root: Path | None = None) -> dict[str, Any]:
+    """Commit, branch and whether the work tree has uncommitted changes (``None`` if no git)."""
+    root = root or config.ROOT
+
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, check=True
+            )
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return result.stdout.strip()
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    branch = os.environ.get("GITHUB_HEAD_REF") or os.environ.get("GITHUB_REF_NAME")
+    return {
+        "commit": os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD"),
+        "branch": branch or git("rev-parse", "--abbrev-ref", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+    }
+
+
+def data_version(dvc_file: Path | None = None) -> dict[str, Any]:
+    """The dataset version recorded in ``chest_xray.dvc``: its md5, file count and size."""
+    dvc_file = dvc_file or config.DATA_DVC_FILE
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    out = outs[0]
+    return {"md5": out.get("md5"), "nfiles": out.get("nfiles"), "size": out.get("size")}
+
+
+def trigger() -> str:
+    """What started this pipeline run: RETRAIN_TRIGGER, else the GitHub event, else local."""
+    return os.environ.get("RETRAIN_TRIGGER") or os.environ.get("GITHUB_EVENT_NAME") or "local"
+
+
+def start_run(params: dict[str, Any]) -> str:
+    """Open the pipeline's MLflow run, log params and provenance tags; return its id."""
+    mlflow = _mlflow()
+    git = git_info()
+    data = data_version()
+    tags = {
+        "git.commit": git["commit"] or "unknown",
+        "git.branch": git["branch"] or "unknown",
+        "git.dirty": str(git["dirty"]),
+        "data.md5": data["md5"] or "unknown",
+        "data.nfiles": str(data["nfiles"]),
+        "trigger": trigger(),
+    }
+    with mlflow.start_run(tags=tags) as run:
+        mlflow.log_params(_flatten(params))
+        run_id = run.info.run_id
+    config.RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    config.RUN_FILE.write_text(
+        json.dumps({"run_id": run_id, "tracking_uri": _public_uri(tracking_uri())}, indent=2)
+    )
+    return run_id
+
+
+@contextmanager
+def resume_run() -> Iterator[Any]:
+    """Re-open the run that ``train`` started (the ``mlflow`` module is yielded)."""
+    mlflow = _mlflow()
+    run_id = json.loads(config.RUN_FILE.read_text())["run_id"]
+    with mlflow.start_run(run_id=run_id):
+        yield mlflow
+
+
+def _public_uri(uri: str) -> str:
+    """The URI without credentials, for files that end up in git or the bundle."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return uri
+
+
+def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,226 @@
+"""Stage ``train``: fit ResNet18 on the prepared train split, early-stopped on validation.
+
+Writes ``models/model.pt`` (best epoch by validation loss), ``metrics/train.json`` (summary) and
+``metrics/train_history.csv`` (per-epoch curves, a DVC plot); logs the same to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pneumonia import config, tracking
+from pneumonia.model import (
+    WeightsUnavailableError,
+    build_model,
+    predict_logits,
+    save_checkpoint,
+    to_input,
+)
+from pneumonia.prepare import PreparedSplit, load_split
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random photometric and geometric changes applied per image at training time."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    rotation_deg: float = 10.0  # uniform in [-deg, +deg]
+    brightness: float = 0.2  # multiply by uniform in [1-b, 1+b]
+    contrast: float = 0.2  # scale around the image mean by uniform in [1-c, 1+c]
+
+
+def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
+    """Augment a batch N x 1 x H x W of floats in [0, 1]; returns a new tensor in [0, 1]."""
+    n = x.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (high - low) + low
+
+    flip = torch.rand(n, generator=generator) < aug.hflip
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    if aug.rotation_deg > 0:
+        angle = uniform(-aug.rotation_deg, aug.rotation_deg) * math.pi / 180
+        cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros(n)
+        theta = torch.stack(
+            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
+        )
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    brightness = uniform(1 - aug.brightness, 1 + aug.brightness).view(n, 1, 1, 1)
+    contrast = uniform(1 - aug.contrast, 1 + aug.contrast).view(n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean).mul(brightness).clamp(0, 1)
+
+
+def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
+    """``balanced``: n / (classes * n_c) per class, so both classes weigh the same; ``none``."""
+    if mode == "none":
+        return None
+    if mode != "balanced":
+        raise ValueError(f"train.class_weighting must be 'balanced' or 'none', got {mode!r}")
+    counts = np.bincount(labels, minlength=len(config.LABELS)).astype(np.float64)
+    return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(
+    model: nn.Module,
+    train_split: PreparedSplit,
+    val_split: PreparedSplit,
+    params: dict[str, Any],
+    on_epoch: Callable[[dict[str, float]], None] = lambda _: None,
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Train ``model`` (from ``build_model``); return it at its best validation epoch, and the
+    per-epoch history. Seeds every generator from ``params["seed"]``."""
+    generator = seed_everything(int(params["seed"]))
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
+    weight = class_weights(train_split.labels, params["class_weighting"])
+    criterion = nn.CrossEntropyLoss(weight=weight)
+    aug = Augment(**params.get("augment", {}))
+    precision = params.get("precision", "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
+    batch_size = int(params["batch_size"])
+    images = torch.from_numpy(train_split.images)
+    labels = torch.from_numpy(train_split.labels)
+
+    history: list[dict[str, float]] = []
+    best_loss, best_state, stale = math.inf, None, 0
+    for epoch in range(1, int(params["epochs"]) + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(images), generator=generator)
+        if len(order) % batch_size == 1:  # a batch of one breaks BatchNorm
+            order = order[:-1]
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            range(0, len(order), batch_size),
+            desc=f"epoch {epoch}/{params['epochs']}",
+            unit="batch",
+            file=sys.stderr,
+        )
+        for start in bar:
+            idx = order[start : start + batch_size]
+            x = augment(images[idx].float().div(255.0).unsqueeze(1), aug, generator)
+            x = to_input(x).contiguous(memory_format=torch.channels_last)
+            y = labels[idx]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logits = model(x)
+                loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+
+        val_logits = torch.from_numpy(predict_logits(model, val_split.images, batch_size))
+        val_y = torch.from_numpy(val_split.labels)
+        val_loss = F.cross_entropy(val_logits, val_y, weight=weight).item()
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val_loss,
+            "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
+            "epoch_seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        on_epoch(record)
+        print(
+            f"epoch {epoch}: train loss {record['train_loss']:.4f} acc "
+            f"{record['train_accuracy']:.3f} | val loss {val_loss:.4f} acc "
+            f"{record['val_accuracy']:.3f} | {record['epoch_seconds']:.0f}s",
+            file=sys.stderr,
+        )
+        if val_loss < best_loss:
+            best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= int(params["early_stopping_patience"]):
+                print(f"early stopping: no val loss improvement in {stale} epochs", file=sys.stderr)
+                break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    return model.to(memory_format=torch.contiguous_format).eval(), history
+
+
+def summarize(history: list[dict[str, float]]) -> dict[str, float]:
+    best = min(history, key=lambda r: r["val_loss"])
+    return {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "best_val_loss": best["val_loss"],
+        "best_val_accuracy": best["val_accuracy"],
+        "train_seconds": sum(r["epoch_seconds"] for r in history),
+    }
+
+
+def write_history(history: list[dict[str, float]], path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__).parse_args(argv)
+    all_params = config.load_params()
+    params = all_params["train"]
+    train_split, val_split = load_split("train"), load_split("val")
+    try:
+        torch.manual_seed(int(params["seed"]))  # the head's init, before train() reseeds
+        model = build_model(str(params["weights"]))  # before MLflow opens a run for nothing
+    except WeightsUnavailableError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        tracking.start_run(all_params)
+    except tracking.TrackingUnavailableError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 1
+    with tracking.resume_run() as mlflow:
+
+        def log_epoch(record: dict[str, float]) -> None:
+            step = int(record["epoch"])
+            mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
+
+        model, history = train(model, train_split, val_split, params, on_epoch=log_epoch)
+        summary = summarize(history)
+        mlflow.log_metrics({f"train_{k}": float(v) for k, v in summary.items()})
+
+    save_checkpoint(model, config.MODEL_FILE, train_split.images.shape[-1], str(params["weights"]))
+    (config.METRICS_DIR / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_history(history, config.METRICS_DIR / "train_history.csv")
+    print(f"train: {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
