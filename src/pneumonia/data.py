@@ -111,7 +111,7 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         arr = np.asarray(image, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+        return Image.fromarray(np.round(scaled).astype(np.uint8))
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Composite on black: X-ray backgrounds are dark, and transparent pixels carry nothing.
         rgba = image.convert("RGBA")
@@ -130,7 +130,7 @@ def resize(image: Image.Image, size: int) -> np.ndarray:
 
     The published dataset copies were squashed to a square too, so training and serving agree.
     """
-    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return np.array(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def list_images(root: Path) -> list[ImageRecord]:

@@ -108,7 +108,7 @@ def class_activation_map(features: np.ndarray, class_weight: np.ndarray, size: i
     from PIL import Image
 
     return np.asarray(
-        Image.fromarray(cam.astype(np.float32), mode="F").resize(
+        Image.fromarray(cam.astype(np.float32)).resize(
             (size, size), Image.Resampling.BILINEAR
         ),
         dtype=np.float32,

@@ -1,0 +1,75 @@
+"""Metric math against hand-counted confusion matrices, and the threshold choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumonia.evaluate import choose_threshold, classification_metrics, confusion_counts
+
+
+def test_confusion_counts_by_hand():
+    labels = [1, 1, 1, 0, 0, 1, 0, 0]
+    predicted = [1, 0, 1, 1, 0, 1, 0, 0]
+    assert confusion_counts(labels, predicted) == {"tp": 3, "fp": 1, "tn": 3, "fn": 1}
+
+
+def test_metrics_by_hand():
+    # 10 images: 6 pneumonia, 4 normal. At threshold 0.5: tp=5, fn=1, tn=3, fp=1.
+    labels = np.array([1, 1, 1, 1, 1, 1, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.8, 0.7, 0.6, 0.55, 0.2, 0.1, 0.3, 0.4, 0.65])
+    m = classification_metrics(labels, probs, threshold=0.5)
+    assert (m["tp"], m["fn"], m["tn"], m["fp"]) == (5, 1, 3, 1)
+    assert m["accuracy"] == pytest.approx(8 / 10)
+    assert m["sensitivity"] == m["recall"] == pytest.approx(5 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(5 / 6)
+    assert m["f1"] == pytest.approx(2 * 5 / (2 * 5 + 1 + 1))
+    # AUC by hand: of the 24 (pos, neg) pairs, the positive scores higher in all but
+    # (0.6 vs 0.65), (0.55 vs 0.65), (0.2 vs 0.3), (0.2 vs 0.4), (0.2 vs 0.65): 19 / 24.
+    assert m["roc_auc"] == pytest.approx(19 / 24)
+    assert m["threshold"] == 0.5 and m["n"] == 10
+
+
+def test_probability_equal_to_threshold_counts_as_positive():
+    m = classification_metrics(np.array([1, 0]), np.array([0.5, 0.49]), threshold=0.5)
+    assert m["tp"] == 1 and m["tn"] == 1
+
+
+def test_degenerate_cases_do_not_divide_by_zero():
+    m = classification_metrics(np.array([1, 1]), np.array([0.1, 0.2]), threshold=0.9)
+    assert m["precision"] == 0.0 and m["specificity"] == 0.0 and m["roc_auc"] is None
+
+
+def test_min_sensitivity_threshold_is_the_highest_that_keeps_the_floor():
+    labels = np.array([1] * 10 + [0] * 5)
+    probs = np.array(
+        [0.99, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.45, 0.2, 0.1, 0.05, 0.01]
+    )
+    # 90% of 10 positives = 9 must be flagged: the 9th highest positive score is 0.4.
+    t = choose_threshold(labels, probs, "min_sensitivity", min_sensitivity=0.9)
+    assert t == pytest.approx(0.4)
+    m = classification_metrics(labels, probs, t)
+    assert m["sensitivity"] == pytest.approx(0.9) and m["fp"] == 1  # only the 0.45 negative
+    # Any higher threshold breaks the floor.
+    assert classification_metrics(labels, probs, t + 1e-6)["sensitivity"] < 0.9
+
+
+def test_youden_threshold_maximises_sensitivity_plus_specificity():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probs = np.array([0.1, 0.2, 0.6, 0.5, 0.7, 0.9])
+    t = choose_threshold(labels, probs, "youden")
+    m = classification_metrics(labels, probs, t)
+    best = max(
+        classification_metrics(labels, probs, c)["sensitivity"]
+        + classification_metrics(labels, probs, c)["specificity"]
+        for c in probs
+    )
+    assert m["sensitivity"] + m["specificity"] == pytest.approx(best)
+
+
+def test_threshold_needs_both_classes_and_a_known_method():
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.array([1, 1]), np.array([0.2, 0.3]), "youden")
+    with pytest.raises(ValueError, match="threshold_method"):
+        choose_threshold(np.array([0, 1]), np.array([0.2, 0.3]), "f1")

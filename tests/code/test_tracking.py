@@ -1,0 +1,54 @@
+"""MLflow configuration and provenance helpers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pneumonia import tracking
+from tests.conftest import free_port
+
+
+def test_unreachable_server_fails_fast_with_the_fix(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingUnavailableError, match="MLFLOW_TRACKING_URI"):
+        tracking.start_run({"train": {"epochs": 1}})
+    assert time.monotonic() - started < 15
+
+
+def test_default_store_is_local_sqlite(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri().startswith("sqlite:///")
+    assert tracking.tracking_uri().endswith("/.mlflow/mlflow.db")
+
+
+def test_credentials_never_leave_the_process():
+    assert tracking._public_uri("https://user:secret@mlflow.example.org") == (
+        "https://mlflow.example.org"
+    )
+    assert tracking._public_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"
+
+
+def test_data_version_comes_from_the_dvc_file(tmp_path):
+    dvc_file = tmp_path / "chest_xray.dvc"
+    dvc_file.write_text(
+        "outs:\n- md5: abc.dir\n  size: 10\n  nfiles: 3\n  hash: md5\n  path: data/chest_xray\n"
+    )
+    assert tracking.data_version(dvc_file) == {"md5": "abc.dir", "nfiles": 3, "size": 10}
+
+
+def test_trigger_prefers_explicit_then_github_event(monkeypatch):
+    monkeypatch.delenv("RETRAIN_TRIGGER", raising=False)
+    monkeypatch.delenv("GITHUB_EVENT_NAME", raising=False)
+    assert tracking.trigger() == "local"
+    monkeypatch.setenv("GITHUB_EVENT_NAME", "schedule")
+    assert tracking.trigger() == "schedule"
+    monkeypatch.setenv("RETRAIN_TRIGGER", "new-data")
+    assert tracking.trigger() == "new-data"
+
+
+def test_nested_params_are_flattened():
+    flat = tracking._flatten({"train": {"lr": 0.001, "augment": {"hflip": 0.5}}})
+    assert flat == {"train.lr": 0.001, "train.augment.hflip": 0.5}

@@ -1,0 +1,91 @@
+"""Training pieces: augmentation, class weights, and where the initial weights come from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from pneumonia.model import WeightsUnavailableError, build_model, to_input
+from pneumonia.train import Augment, augment, class_weights
+
+
+def test_augment_keeps_shape_and_range_and_changes_pixels():
+    x = torch.rand(8, 1, 32, 32)
+    y = augment(x, Augment(), torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert not torch.allclose(x, y)
+
+
+def test_augment_is_reproducible_from_the_seed():
+    x = torch.rand(4, 1, 32, 32)
+    a = augment(x, Augment(), torch.Generator().manual_seed(3))
+    b = augment(x, Augment(), torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_augment_with_everything_off_is_the_identity():
+    x = torch.rand(4, 1, 16, 16)
+    off = Augment(hflip=0.0, rotation_deg=0.0, brightness=0.0, contrast=0.0)
+    assert torch.allclose(augment(x, off, torch.Generator().manual_seed(0)), x, atol=1e-6)
+
+
+def test_always_flip_mirrors_the_image():
+    x = torch.rand(2, 1, 8, 8)
+    flip = Augment(hflip=1.0, rotation_deg=0.0, brightness=0.0, contrast=0.0)
+    assert torch.allclose(augment(x, flip, torch.Generator()), x.flip(-1), atol=1e-6)
+
+
+def test_balanced_class_weights_equalise_the_classes():
+    labels = np.array([0] * 25 + [1] * 75)
+    w = class_weights(labels, "balanced")
+    assert w.tolist() == pytest.approx([2.0, 2 / 3])
+    assert float(w[0] * 25) == pytest.approx(float(w[1] * 75))
+    assert class_weights(labels, "none") is None
+    with pytest.raises(ValueError, match="balanced"):
+        class_weights(labels, "inverse")
+
+
+def test_to_input_replicates_gray_and_normalises():
+    x = to_input(torch.full((1, 4, 4), 255, dtype=torch.uint8))
+    assert x.shape == (1, 3, 4, 4)
+    assert x[0, :, 0, 0].tolist() == pytest.approx(
+        [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225], rel=1e-5
+    )
+
+
+def test_random_init_has_a_two_class_head():
+    model = build_model("none")
+    assert model.fc.out_features == 2 and model.fc.in_features == 512
+
+
+def test_imagenet_offline_stops_with_both_ways_out(tmp_path, monkeypatch):
+    # A real download attempt with an empty weight cache and a proxy that refuses connections:
+    # what a machine without internet access sees.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_model("imagenet")
+    message = str(info.value)
+    assert "train.weights=none" in message and "path/to/resnet18.pth" in message
+
+
+def test_weights_from_a_file_load_the_backbone(tmp_path):
+    source = resnet18(weights=None)
+    torch.nn.init.constant_(source.conv1.weight, 0.125)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)  # includes a 1000-class fc, which is replaced
+    model = build_model(str(path))
+    assert torch.all(model.conv1.weight == 0.125)
+    assert model.fc.out_features == 2
+
+
+def test_weights_file_errors_are_explicit(tmp_path):
+    with pytest.raises(WeightsUnavailableError, match="not a file"):
+        build_model(str(tmp_path / "missing.pth"))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"layer.weight": torch.zeros(2)}, wrong)
+    with pytest.raises(WeightsUnavailableError, match="not a ResNet18 state dict"):
+        build_model(str(wrong))

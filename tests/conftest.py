@@ -1,0 +1,181 @@
+"""Shared fixtures: small real subsets of the dataset, a throwaway copy of the repo, and real
+local servers (``mlflow server``, ``moto_server`` as S3) started on 127.0.0.1 and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PNEUMONIA_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATASET = SHARED_DATA / "chest_xray"
+SAMPLES = SHARED_DATA / "samples"
+BIN = Path(sys.executable).parent  # dvc, mlflow, moto_server of this venv
+
+# What a copy of the repo needs to run the pipeline.
+REPO_FILES = ("dvc.yaml", "params.yaml", "src", ".dvcignore")
+
+
+def require_data() -> None:
+    if not DATASET.is_dir():
+        pytest.fail(
+            f"the real dataset is not at {DATASET}: put the shared data beside the repo "
+            "(../shared/data) or set PNEUMONIA_SHARED_DATA",
+            pytrace=False,
+        )
+
+
+def copy_subset(dest: Path, per_class: dict[str, int]) -> Path:
+    """Copy the first N images of each class of each split (sorted by name) to ``dest``."""
+    require_data()
+    for split, n in per_class.items():
+        for label in ("NORMAL", "PNEUMONIA"):
+            folder = dest / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in sorted((DATASET / split / label).iterdir())[:n]:
+                shutil.copy(path, folder / path.name)
+    return dest
+
+
+@pytest.fixture
+def small_dataset(tmp_path: Path) -> Path:
+    """~60 real images in the official layout."""
+    return copy_subset(tmp_path / "chest_xray", {"train": 20, "val": 4, "test": 6})
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True):
+    result = subprocess.run(
+        cmd, cwd=cwd, env=env or os.environ.copy(), capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}"
+            f"\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this venv's tools first on PATH, no hosted services."""
+    env = os.environ.copy()
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    for key in ("MLFLOW_TRACKING_URI", "PNEUMONIA_ROOT", "GITHUB_EVENT_NAME", "RETRAIN_TRIGGER"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def make_repo(root: Path, dataset: Path, params: dict) -> Path:
+    """A git + DVC repo at ``root`` with the pipeline, ``dataset`` under data/chest_xray tracked by
+    a top-level chest_xray.dvc, and params.yaml updated with ``params`` (per stage section)."""
+    root.mkdir(parents=True)
+    for name in REPO_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy(src, root / name)
+    merged = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in params.items():
+        merged[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
+    shutil.copytree(dataset, root / "data" / "chest_xray")
+    env = tool_env()
+    run(["git", "init", "-q"], root, env)
+    run(["git", "config", "user.email", "tests@example.invalid"], root, env)
+    run(["git", "config", "user.name", "tests"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    (root / "chest_xray.dvc").write_text("outs:\n- path: data/chest_xray\n")
+    run(["dvc", "commit", "-f", "-q", "chest_xray.dvc"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "test repo"], root, env)
+    return root
+
+
+TINY_PARAMS = {
+    "prepare": {"image_size": 64},
+    "train": {"weights": "none", "epochs": 1, "batch_size": 16},
+    "export": {"parity_images": 8},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own process group, by PID."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def serve(cmd: list[str], health_url: str, workdir: Path, timeout: float = 120) -> Iterator[None]:
+    """Run a server in its own process group until the block ends; its log goes to workdir."""
+    with open(workdir / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=tool_env(),
+        )  # fmt: skip
+        try:
+            wait_http(health_url, proc, timeout)
+            yield
+        finally:
+            stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, local artifacts); yields its URI."""
+    work = tmp_path_factory.mktemp("mlflow-server")
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+        "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
+        "--artifacts-destination", str(work / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    with serve(cmd, f"{url}/health", work):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """A real S3 endpoint on 127.0.0.1 (``moto_server``); yields its URL."""
+    work = tmp_path_factory.mktemp("moto")
+    port = free_port()
+    cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    with serve(cmd, f"http://127.0.0.1:{port}/moto-api/", work, timeout=60):
+        yield f"http://127.0.0.1:{port}"

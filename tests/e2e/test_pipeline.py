@@ -1,0 +1,129 @@
+"""`dvc repro` end to end on a small real subset, tracked in a real MLflow server."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from pneumonia.predict import Bundle, sha256_file
+from tests.conftest import SAMPLES, TINY_PARAMS, copy_subset, make_repo, run, tool_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory, mlflow_server):
+    work = tmp_path_factory.mktemp("e2e")
+    dataset = copy_subset(work / "chest_xray", {"train": 24, "val": 4, "test": 8})
+    repo = make_repo(work / "repo", dataset, TINY_PARAMS)
+    env = tool_env(MLFLOW_TRACKING_URI=mlflow_server, RETRAIN_TRIGGER="e2e-test")
+    result = run(["dvc", "repro"], repo, env)
+    return repo, env, result
+
+
+def test_every_stage_leaves_its_outputs(repro):
+    repo, _, result = repro
+    for stage in ("prepare", "train", "evaluate", "export"):
+        assert f"Running stage '{stage}'" in result.stdout
+    for path in (
+        "data/prepared/train.npz", "data/prepared/val.npz", "data/prepared/test.npz",
+        "models/model.pt", "models/mlflow_run.json", "models/bundle/model.onnx",
+        "models/bundle/model.json", "metrics/data.json", "metrics/train.json",
+        "metrics/train_history.csv", "metrics/val.json", "metrics/test.json",
+        "metrics/plots/roc.csv", "metrics/plots/pr.csv", "metrics/plots/confusion.csv",
+        "metrics/figures/roc.png", "metrics/figures/pr.png", "metrics/figures/confusion.png",
+        "metrics/test_errors.csv", "dvc.lock",
+    ):  # fmt: skip
+        assert (repo / path).is_file(), path
+    assert (repo / "metrics/figures/roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_are_sane(repro):
+    repo = repro[0]
+    test = json.loads((repo / "metrics/test.json").read_text())
+    val = json.loads((repo / "metrics/val.json").read_text())
+    assert test["n"] == 16 and test["tp"] + test["fp"] + test["tn"] + test["fn"] == 16
+    for key in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc"):
+        assert 0.0 <= test[key] <= 1.0, key
+    assert test["threshold"] == val["threshold"]  # chosen on validation, applied to test
+    assert val["sensitivity"] >= 0.95  # the min_sensitivity rule holds where it was fitted
+    with open(repo / "metrics/plots/confusion.csv") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == 16
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["counts"]["test"] == {"NORMAL": 8, "PNEUMONIA": 8} and data["rejected_count"] == 0
+
+
+def test_bundle_is_consistent_with_the_repo(repro):
+    repo = repro[0]
+    manifest = json.loads((repo / "models/bundle/model.json").read_text())
+    assert manifest["onnx_sha256"] == sha256_file(repo / "models/bundle/model.onnx")
+    dvc_out = yaml.safe_load((repo / "chest_xray.dvc").read_text())["outs"][0]
+    assert manifest["data"]["md5"] == dvc_out["md5"]
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    assert manifest["git"]["commit"] == head
+    assert (
+        manifest["threshold"] == json.loads((repo / "metrics/test.json").read_text())["threshold"]
+    )
+    prediction = Bundle(repo / "models/bundle").predict_bytes(
+        sorted(SAMPLES.rglob("*.jpeg"))[0].read_bytes()
+    )
+    assert prediction.label in ("NORMAL", "PNEUMONIA") and 0 <= prediction.probability <= 1
+
+
+def test_mlflow_has_the_run_and_a_registered_version(repro):
+    import mlflow
+    from mlflow import MlflowClient
+
+    repo, env, _ = repro
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    run_id = json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
+    logged = client.get_run(run_id)
+    assert (
+        logged.data.params["train.epochs"] == "1"
+        and logged.data.params["prepare.image_size"] == "64"
+    )
+    assert logged.data.tags["trigger"] == "e2e-test"
+    assert (
+        logged.data.tags["data.md5"].endswith(".dir") and len(logged.data.tags["git.commit"]) == 40
+    )
+    for key in ("test_accuracy", "test_sensitivity", "test_specificity", "test_roc_auc", "val_f1"):
+        assert key in logged.data.metrics, key
+    history = client.get_metric_history(run_id, "val_loss")
+    assert [m.step for m in history] == [1]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "bundle")}
+    assert {"bundle/model.onnx", "bundle/model.json"} <= artifacts
+    assert "figures/roc.png" in {a.path for a in client.list_artifacts(run_id, "figures")}
+
+    version = client.get_model_version_by_alias("pneumonia-resnet18", "challenger")
+    assert version.run_id == run_id
+    manifest = json.loads((repo / "models/bundle/model.json").read_text())
+    assert version.tags["onnx_sha256"] == manifest["onnx_sha256"]
+    # The registered ONNX model runs and agrees with the bundle.
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    onnx_model = mlflow.onnx.load_model("models:/pneumonia-resnet18@challenger")
+    assert [o.name for o in onnx_model.graph.output] == ["logits", "features"]
+
+
+def test_nothing_changed_means_nothing_runs(repro):
+    repo, env, _ = repro
+    again = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in again.stdout
+    status = run(["dvc", "status"], repo, env).stdout
+    assert "up to date" in status
+
+
+def test_default_local_store_and_param_override(tmp_path):
+    """No MLFLOW_TRACKING_URI: the run lands in .mlflow/ of the repo; `dvc exp run -S` works."""
+    dataset = copy_subset(tmp_path / "chest_xray", {"train": 16, "val": 3, "test": 4})
+    repo = make_repo(tmp_path / "repo", dataset, {**TINY_PARAMS, "prepare": {"image_size": 32}})
+    run(["dvc", "exp", "run", "-S", "evaluate.threshold_method=youden"], repo, tool_env())
+    assert (repo / ".mlflow" / "mlflow.db").is_file()
+    assert any((repo / ".mlflow" / "artifacts").rglob("model.json"))
+    assert yaml.safe_load((repo / "params.yaml").read_text())["evaluate"]["threshold_method"] == (
+        "youden"
+    )
+    assert np.isfinite(json.loads((repo / "metrics/test.json").read_text())["threshold"])

@@ -1,0 +1,118 @@
+"""The exported bundle computes what the torch model computes, from the same file bytes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pneumonia.data import load_image, resize
+from pneumonia.export import ParityError, export
+from pneumonia.model import build_model, positive_probability, predict_logits, to_input
+from pneumonia.predict import Bundle, BundleError, class_activation_map, sha256_file
+from tests.conftest import DATASET, SAMPLES, require_data
+
+SIZE = 64
+PARAMS = {
+    "export": {"opset": 17, "parity_tolerance": 1e-4},
+    "train": {"weights": "none"},
+}
+METRICS = {"threshold": 0.42, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8}
+
+
+def real_images(split: str, n: int) -> np.ndarray:
+    require_data()
+    paths = (
+        sorted((DATASET / split / "NORMAL").iterdir())[:n]
+        + sorted((DATASET / split / "PNEUMONIA").iterdir())[:n]
+    )
+    return np.stack([resize(load_image(p), SIZE) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    """A ResNet18 whose BatchNorm statistics come from real X-rays, so activations are of
+    realistic scale (untouched init statistics would make the parity check meaningless)."""
+    torch.manual_seed(0)
+    net = build_model("none")
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(to_input(torch.from_numpy(real_images("train", 16))))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    export(model, SIZE, real_images("test", 4), METRICS, METRICS, PARAMS, out)
+    return out
+
+
+def test_onnx_runtime_matches_torch_on_real_images(model, bundle_dir):
+    images = real_images("test", 10)
+    bundle = Bundle(bundle_dir)
+    torch_prob = positive_probability(predict_logits(model, images))
+    onnx_prob = bundle.probabilities(images)
+    assert np.abs(torch_prob - onnx_prob).max() < 1e-4
+    assert torch_prob.std() > 1e-3, "degenerate model: parity would prove nothing"
+    logits, features = bundle.run(images)
+    assert logits.shape == (20, 2) and features.shape == (20, 512, 2, 2)
+
+
+def test_manifest_describes_the_bundle(bundle_dir):
+    manifest = json.loads((bundle_dir / "model.json").read_text())
+    assert manifest["onnx_sha256"] == sha256_file(bundle_dir / "model.onnx")
+    assert manifest["labels"] == ["NORMAL", "PNEUMONIA"]
+    assert manifest["input"]["size"] == SIZE and len(manifest["input"]["mean"]) == 3
+    assert manifest["threshold"] == 0.42 and manifest["metrics"]["test"] == METRICS
+    assert manifest["parity"]["logits"] < 1e-4 and manifest["parity"]["images"] == 8
+    assert np.asarray(manifest["cam"]["head_weight"]).shape == (2, 512)
+    assert manifest["data"]["md5"].endswith(".dir")
+    assert len(manifest["git"]["commit"]) == 40
+
+
+def test_serving_from_file_bytes_matches_training_preprocessing(model, bundle_dir):
+    """Full-size originals as a clinician uploads them (grayscale and RGB, any size)."""
+    require_data()
+    bundle = Bundle(bundle_dir)
+    paths = sorted(SAMPLES.rglob("*.jpeg"))
+    for path in paths:
+        served = bundle.predict_bytes(path.read_bytes())
+        reference = positive_probability(
+            predict_logits(model, resize(load_image(path), SIZE)[None])
+        )[0]
+        assert served.probability == pytest.approx(float(reference), abs=1e-4), path.name
+        expected = "PNEUMONIA" if served.probability >= 0.42 else "NORMAL"
+        assert served.label == expected and served.threshold == 0.42
+        assert served.cam.shape == (SIZE, SIZE) and 0 <= served.cam.min() <= served.cam.max() <= 1
+
+
+def test_class_activation_map_is_the_head_weighted_feature_sum():
+    features = np.zeros((3, 2, 2), np.float32)
+    features[0, 0, 0], features[1, 1, 1], features[2, 0, 1] = 4.0, 2.0, 5.0
+    weight = np.array([0.5, 1.0, -1.0], np.float32)
+    cam = class_activation_map(features, weight, size=2)
+    # 0.5*4 = 2 at (0,0), 1*2 = 2 at (1,1), -5 -> 0 at (0,1); scaled by the peak (2).
+    np.testing.assert_allclose(cam, [[1.0, 0.0], [0.0, 1.0]], atol=1e-6)
+
+
+def test_tampered_bundle_is_refused(bundle_dir, tmp_path):
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    (copy / "model.json").write_bytes((bundle_dir / "model.json").read_bytes())
+    (copy / "model.onnx").write_bytes((bundle_dir / "model.onnx").read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="sha256"):
+        Bundle(copy)
+    with pytest.raises(BundleError, match="missing"):
+        Bundle(tmp_path / "nowhere")
+
+
+def test_parity_failure_writes_no_bundle(model, tmp_path):
+    strict = {**PARAMS, "export": {"opset": 17, "parity_tolerance": -1.0}}  # nothing passes
+    out = tmp_path / "bundle"
+    with pytest.raises(ParityError, match="not exporting"):
+        export(model, SIZE, real_images("test", 2), METRICS, METRICS, strict, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
