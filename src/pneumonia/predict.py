@@ -108,8 +108,6 @@ def class_activation_map(features: np.ndarray, class_weight: np.ndarray, size: i
     from PIL import Image
 
     return np.asarray(
-        Image.fromarray(cam.astype(np.float32)).resize(
-            (size, size), Image.Resampling.BILINEAR
-        ),
+        Image.fromarray(cam.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR),
         dtype=np.float32,
     ).clip(0.0, 1.0)

@@ -1,0 +1,73 @@
+# Everyday commands. Each target installs what it needs first (a venv in .venv/).
+#   make retrain DATA_SRC=../shared/data/chest_xray WEIGHTS=none   # the retraining job, offline
+#   make test                                                      # the whole test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_SRC ?=
+WEIGHTS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install data retrain test test-fast lint format bench-pipeline clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the pipeline and dev requirements
+
+data: install ## get data/chest_xray: `dvc pull`, or copy DATA_SRC and check it against chest_xray.dvc
+	@if [ -d data/chest_xray ]; then \
+	  echo "data/chest_xray is present"; \
+	elif [ -n "$(DATA_SRC)" ]; then \
+	  echo "copying $(DATA_SRC) to data/chest_xray"; \
+	  cp -R "$(DATA_SRC)" data/chest_xray && chmod -R u+w data/chest_xray; \
+	else \
+	  PATH=$(BIN):$$PATH dvc pull chest_xray.dvc; \
+	fi
+	@cp chest_xray.dvc .chest_xray.dvc.expected
+	@PATH=$(BIN):$$PATH dvc commit -f -q chest_xray.dvc
+	@if cmp -s chest_xray.dvc .chest_xray.dvc.expected; then \
+	  rm .chest_xray.dvc.expected; echo "data/chest_xray matches the version in chest_xray.dvc"; \
+	else \
+	  mv .chest_xray.dvc.expected chest_xray.dvc; \
+	  echo "error: data/chest_xray differs from the version recorded in chest_xray.dvc." >&2; \
+	  echo "  Add new images with 'python -m pneumonia.ingest', or remove data/chest_xray and" >&2; \
+	  echo "  run 'make data' again to get the recorded version." >&2; exit 1; \
+	fi
+
+retrain: data ## the retraining job: dvc repro (WEIGHTS=none|imagenet|file overrides train.weights)
+	@if [ -n "$(WEIGHTS)" ]; then \
+	  PATH=$(BIN):$$PATH dvc exp run -S train.weights=$(WEIGHTS); \
+	else \
+	  PATH=$(BIN):$$PATH dvc repro; \
+	fi
+	@PATH=$(BIN):$$PATH dvc metrics show
+
+# pytest exits 5 when it collected nothing: a broken selection, not a pass; say so plainly.
+test: install ## all tests, the slow end-to-end ones included (what CI runs)
+	@$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
+	  if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
+
+test-fast: install ## tests without the slow end-to-end ones
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## ruff: lint and format check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: install ## ruff: fix imports and format
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+bench-pipeline: data ## time every stage on the full data (random init): docs/benchmarks.md
+	PATH=$(BIN):$$PATH bash bench/pipeline_stages.sh -S train.weights=none
+
+clean: ## remove pipeline outputs (not data, not the DVC cache)
+	rm -rf data/prepared models metrics/figures .mlflow
