@@ -50,18 +50,21 @@ class WithFeatures(nn.Module):
 
 
 def export_onnx(model: nn.Module, image_size: int, path: Path, opset: int) -> None:
-    """Write ``model`` as ONNX with a dynamic batch axis."""
+    """Write ``model`` as one self-contained ONNX file with a dynamic batch axis (torch.export
+    based exporter; the TorchScript one is deprecated)."""
     wrapped = WithFeatures(model).eval()
-    example = torch.zeros(1, 3, image_size, image_size)
+    example = torch.zeros(2, 3, image_size, image_size)
     torch.onnx.export(
         wrapped,
         (example,),
         str(path),
         input_names=["image"],
         output_names=["logits", "features"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
+        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
         opset_version=opset,
-        dynamo=False,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
     )
 
 

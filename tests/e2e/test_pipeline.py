@@ -108,6 +108,17 @@ def test_mlflow_has_the_run_and_a_registered_version(repro):
     assert [o.name for o in onnx_model.graph.output] == ["logits", "features"]
 
 
+def test_dvc_renders_the_plots_and_metrics(repro):
+    repo, env, _ = repro
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], repo, env).stdout)["data"]
+    for name in ("ROC", "Precision-recall", "Confusion matrix", "Training curves"):
+        assert plots[name][0]["type"] == "vega", name
+    assert {"metrics/figures/roc.png", "metrics/figures/confusion.png"} <= set(plots)
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
+    shown = metrics[""]["data"]["metrics/test.json"]["data"]
+    assert {"sensitivity", "specificity", "roc_auc"} <= set(shown)
+
+
 def test_nothing_changed_means_nothing_runs(repro):
     repo, env, _ = repro
     again = run(["dvc", "repro"], repo, env)

@@ -16,7 +16,7 @@ from tests.conftest import DATASET, SAMPLES, require_data
 
 SIZE = 64
 PARAMS = {
-    "export": {"opset": 17, "parity_tolerance": 1e-4},
+    "export": {"opset": 18, "parity_tolerance": 1e-4},
     "train": {"weights": "none"},
 }
 METRICS = {"threshold": 0.42, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8}
@@ -111,7 +111,7 @@ def test_tampered_bundle_is_refused(bundle_dir, tmp_path):
 
 
 def test_parity_failure_writes_no_bundle(model, tmp_path):
-    strict = {**PARAMS, "export": {"opset": 17, "parity_tolerance": -1.0}}  # nothing passes
+    strict = {**PARAMS, "export": {"opset": 18, "parity_tolerance": -1.0}}  # nothing passes
     out = tmp_path / "bundle"
     with pytest.raises(ParityError, match="not exporting"):
         export(model, SIZE, real_images("test", 2), METRICS, METRICS, strict, out)
