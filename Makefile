@@ -59,12 +59,12 @@ test-fast: install ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff: lint and format check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests django_app
+	$(BIN)/ruff format --check src tests django_app
 
 format: install ## ruff: fix imports and format
-	$(BIN)/ruff check --fix src tests
-	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests django_app
+	$(BIN)/ruff format src tests django_app
 
 bench-pipeline: data ## time every stage on the full data (random init): docs/benchmarks.md
 	PATH=$(BIN):$$PATH bash bench/pipeline_stages.sh -S train.weights=none

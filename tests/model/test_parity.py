@@ -10,45 +10,29 @@ import torch
 
 from pneumonia.data import load_image, resize
 from pneumonia.export import ParityError, export
-from pneumonia.model import build_model, positive_probability, predict_logits, to_input
+from pneumonia.model import positive_probability, predict_logits
 from pneumonia.predict import Bundle, BundleError, class_activation_map, sha256_file
-from tests.conftest import DATASET, SAMPLES, require_data
+from tests.bundles import EXPORT_PARAMS, calibrated_model, make_bundle
+from tests.bundles import real_images as _real_images
+from tests.conftest import SAMPLES, require_data
 
 SIZE = 64
-PARAMS = {
-    "export": {"opset": 18, "parity_tolerance": 1e-4},
-    "train": {"weights": "none"},
-}
+PARAMS = EXPORT_PARAMS
 METRICS = {"threshold": 0.42, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8}
-
-
-def real_images(split: str, n: int) -> np.ndarray:
-    require_data()
-    paths = (
-        sorted((DATASET / split / "NORMAL").iterdir())[:n]
-        + sorted((DATASET / split / "PNEUMONIA").iterdir())[:n]
-    )
-    return np.stack([resize(load_image(p), SIZE) for p in paths])
 
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    """A ResNet18 whose BatchNorm statistics come from real X-rays, so activations are of
-    realistic scale (untouched init statistics would make the parity check meaningless)."""
-    torch.manual_seed(0)
-    net = build_model("none")
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(to_input(torch.from_numpy(real_images("train", 16))))
-    return net.eval()
+    return calibrated_model(SIZE)
 
 
 @pytest.fixture(scope="module")
 def bundle_dir(model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    export(model, SIZE, real_images("test", 4), METRICS, METRICS, PARAMS, out)
-    return out
+    return make_bundle(model, SIZE, tmp_path_factory.mktemp("bundle") / "bundle", METRICS)
+
+
+def real_images(split: str, n: int) -> np.ndarray:
+    return _real_images(split, n, SIZE)
 
 
 def test_onnx_runtime_matches_torch_on_real_images(model, bundle_dir):

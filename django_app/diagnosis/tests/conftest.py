@@ -1,0 +1,49 @@
+"""Fixtures for the web app's tests: a real exported bundle served from MODEL_DIR."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from diagnosis import inference
+from tests.bundles import calibrated_model, make_bundle
+from tests.conftest import SAMPLES, require_data
+
+SIZE = 64
+METRICS = {
+    "threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.96, "specificity": 0.81, "precision": 0.9,
+    "f1": 0.93, "roc_auc": 0.95, "n": 316, "tp": 193, "fp": 22, "tn": 93, "fn": 8,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def torch_model():
+    return calibrated_model(SIZE)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(torch_model, tmp_path_factory):
+    return make_bundle(torch_model, SIZE, tmp_path_factory.mktemp("served") / "bundle", METRICS)
+
+
+@pytest.fixture(autouse=True)
+def served_model(settings, bundle_dir):
+    """Every test serves the test bundle; tests may point MODEL_DIR elsewhere and reset."""
+    settings.MODEL_DIR = bundle_dir
+    inference.reset()
+    yield
+    inference.reset()
+
+
+@pytest.fixture(scope="session")
+def samples() -> list:
+    require_data()
+    return sorted(SAMPLES.rglob("*.jpeg"))
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()

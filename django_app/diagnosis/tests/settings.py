@@ -1,0 +1,13 @@
+"""Settings for the app's tests: production settings plus a test secret and, unless
+DATABASE_URL says otherwise, the local PostgreSQL server."""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-" + "x" * 50)
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+os.environ.setdefault("DJANGO_SSL_REDIRECT", "0")  # the test client speaks plain HTTP
+
+from xrayweb.settings import *  # noqa: E402,F403
+
+# No collectstatic in tests: serve static files from the app folders.
+STORAGES = {"staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}

@@ -1,0 +1,42 @@
+"""Real serving bundles for tests, exported by the pipeline's own code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumonia.data import load_image, resize
+from pneumonia.export import export
+from pneumonia.model import build_model, to_input
+from tests.conftest import DATASET, require_data
+
+EXPORT_PARAMS = {"export": {"opset": 18, "parity_tolerance": 1e-4}, "train": {"weights": "none"}}
+
+
+def real_images(split: str, n: int, size: int) -> np.ndarray:
+    """The first ``n`` NORMAL and ``n`` PNEUMONIA images of a split, resized, uint8."""
+    require_data()
+    paths = (
+        sorted((DATASET / split / "NORMAL").iterdir())[:n]
+        + sorted((DATASET / split / "PNEUMONIA").iterdir())[:n]
+    )
+    return np.stack([resize(load_image(p), size) for p in paths])
+
+
+def calibrated_model(size: int) -> torch.nn.Module:
+    """A ResNet18 (random init, seed 0) whose BatchNorm statistics come from real X-rays, so its
+    activations have a realistic scale; a fresh init's statistics would make parity trivial."""
+    torch.manual_seed(0)
+    model = build_model("none")
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(to_input(torch.from_numpy(real_images("train", 16, size))))
+    return model.eval()
+
+
+def make_bundle(model: torch.nn.Module, size: int, out: Path, metrics: dict) -> Path:
+    export(model, size, real_images("test", 4, size), metrics, metrics, EXPORT_PARAMS, out)
+    return out
