@@ -9,7 +9,7 @@ WEIGHTS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install data retrain test test-fast lint format bench-pipeline clean
+.PHONY: help install system-deps data retrain test test-fast lint format bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -21,6 +21,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the pipeline and dev requirements
+
+system-deps: ## Debian packages from .ci/apt-packages.txt (chromium for the browser test...), as root
+	@missing=$$(grep -v '^#' .ci/apt-packages.txt | while read -r p; do \
+	  dpkg -s "$$p" >/dev/null 2>&1 || echo "$$p"; done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "missing Debian packages: $$missing (run 'sudo make system-deps')" >&2; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends $$missing
 
 data: install ## get data/chest_xray: `dvc pull`, or copy DATA_SRC and check it against chest_xray.dvc
 	@if [ -d data/chest_xray ]; then \
@@ -51,7 +60,7 @@ retrain: data ## the retraining job: dvc repro (WEIGHTS=none|imagenet|file overr
 	@PATH=$(BIN):$$PATH dvc metrics show
 
 # pytest exits 5 when it collected nothing: a broken selection, not a pass; say so plainly.
-test: install ## all tests, the slow end-to-end ones included (what CI runs)
+test: install system-deps ## all tests, the slow end-to-end ones included (what CI runs)
 	@$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
 	  if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$status
 

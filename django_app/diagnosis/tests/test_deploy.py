@@ -1,0 +1,195 @@
+"""The app as it runs in production: its own venv from django_app/requirements.txt, packaged
+with a bundle, booted with the Procfile's commands and PORT, on PostgreSQL; then driven over
+HTTP and by a real browser (Debian's chromium). Also: the whole app suite on SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pneumonia.package import package_app
+from tests.conftest import free_port, stop
+
+pytestmark = pytest.mark.slow
+
+APP = Path(__file__).resolve().parents[2]
+REPO = APP.parent
+SCREENSHOTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def heroku_venv() -> Path:
+    """A venv with only django_app/requirements.txt, as Heroku's Python buildpack makes it;
+    cached under .cache/ by the hash of the requirements."""
+    key = hashlib.sha256((APP / "requirements.txt").read_bytes() + sys.version.encode())
+    venv = REPO / ".cache" / f"heroku-venv-{key.hexdigest()[:12]}"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "-r", str(APP / "requirements.txt")],
+            check=True,
+        )
+        (venv / ".complete").touch()
+    return venv
+
+
+def procfile(app: Path) -> dict[str, str]:
+    lines = (app / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
+
+
+def get(url: str, headers: dict | None = None, data: bytes | None = None, timeout: float = 10):
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, dict(response.headers), response.read()
+
+
+HTTPS = {"X-Forwarded-Proto": "https"}  # what Heroku's router adds in front of the dyno
+
+
+@pytest.fixture(scope="session")
+def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
+    import psycopg
+
+    build = tmp_path_factory.mktemp("heroku") / "app"
+    package_app(APP, bundle_dir, build)
+    database = f"xray_boot_{secrets.token_hex(4)}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    port = free_port()
+    env = {
+        "PATH": f"{heroku_venv / 'bin'}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "localhost,127.0.0.1",
+        "DJANGO_SSL_REDIRECT": "0",  # the browser below talks plain HTTP to localhost
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+    }
+    commands = procfile(build)
+    # What the buildpack and the release phase run before the dyno starts.
+    for command in ("python manage.py collectstatic --noinput", commands["release"]):
+        subprocess.run(["bash", "-c", command], cwd=build, env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    log = open(build / "web.log", "w")  # noqa: SIM115 (closed below, after the server stops)
+    started = time.monotonic()
+    proc = subprocess.Popen(["bash", "-c", commands["web"]], cwd=build, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                get(f"{url}/health", HTTPS)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((build / "web.log").read_text()[-3000:]) from None
+                time.sleep(0.2)
+        yield {"url": url, "port": port, "venv": heroku_venv, "build": build,
+               "boot_seconds": time.monotonic() - started}  # fmt: skip
+    finally:
+        stop(proc)
+        log.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_heroku_venv_has_no_torch(heroku_venv):
+    result = subprocess.run([str(heroku_venv / "bin" / "python"), "-c", "import torch"],
+                            capture_output=True)  # fmt: skip
+    assert result.returncode != 0
+    assert (
+        subprocess.run([str(heroku_venv / "bin" / "python"), "-c", "import onnxruntime"]).returncode
+        == 0
+    )
+
+
+def test_booted_app_serves_the_packaged_model(heroku_app, bundle_dir):
+    status, _, body = get(f"{heroku_app['url']}/health", HTTPS)
+    health = json.loads(body)
+    manifest = json.loads((bundle_dir / "model.json").read_text())
+    assert status == 200 and health["model_loaded"] is True
+    assert health["sha256"] == manifest["onnx_sha256"]
+    status, headers, _ = get(f"{heroku_app['url']}/static/diagnosis/app.css", HTTPS)
+    assert status == 200 and headers["Content-Type"].startswith("text/css")  # whitenoise
+
+
+def test_real_prediction_over_http(heroku_app, samples):
+    boundary = secrets.token_hex(8)
+    image = samples[5].read_bytes()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpeg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {**HTTPS, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    status, _, payload = get(f"{heroku_app['url']}/api/v1/predictions", headers, body)
+    prediction = json.loads(payload)
+    assert status == 200 and prediction["label"] in ("NORMAL", "PNEUMONIA")
+    heatmap_path = "/" + prediction["heatmap_url"].split("/", 3)[3]
+    status, headers, png = get(heroku_app["url"] + heatmap_path, HTTPS)
+    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is needed: `make system-deps` (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"http://localhost:{heroku_app['port']}/")
+        assert "Decision support, not a diagnosis" in page.inner_text("main")
+        page.set_input_files("#image", str(samples[0]))
+        page.click("button[type=submit]")
+        page.wait_for_selector("#label", timeout=20_000)
+        label = page.inner_text("#label")
+        assert label in ("NORMAL", "PNEUMONIA")
+        assert page.inner_text("#probability").endswith("%")
+        loaded = page.eval_on_selector("#heatmap", "img => img.complete && img.naturalWidth")
+        assert loaded and loaded > 100
+        page.screenshot(path=str(SCREENSHOTS / "browser-result.png"), full_page=True)
+        # Narrow screens get the same content (responsive layout).
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(SCREENSHOTS / "browser-result-mobile.png"), full_page=True)
+        browser.close()
+    assert errors == []  # no CSP violations, no script errors
+
+
+def test_app_suite_passes_on_sqlite(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+         str(APP / "diagnosis" / "tests")],
+        cwd=REPO, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert " passed" in result.stdout and "failed" not in result.stdout

@@ -1,0 +1,75 @@
+"""Build the folder that is deployed to Heroku: ``django_app/`` plus the serving bundle.
+
+    python -m pneumonia.package --out build/heroku-app
+
+The bundle lands in ``model/`` inside the app (where the app's settings look for it), after its
+sha256 is checked against ``model.json``. Local files that must never ship (SQLite database,
+collected static files, caches) are left out. The folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from pneumonia import config
+from pneumonia.predict import sha256_file
+
+APP_DIR = config.ROOT / "django_app"
+EXCLUDE = ("__pycache__", "*.pyc", "db.sqlite3", "staticfiles", "model", ".pytest_cache")
+
+
+class PackageError(RuntimeError):
+    pass
+
+
+def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
+    """Copy the app and the bundle into ``out_dir``; return the bundle's manifest."""
+    manifest_path, onnx_path = bundle_dir / "model.json", bundle_dir / "model.onnx"
+    if not manifest_path.is_file() or not onnx_path.is_file():
+        raise PackageError(f"no bundle in {bundle_dir}: run `dvc repro export` or `dvc pull`")
+    manifest = json.loads(manifest_path.read_text())
+    if sha256_file(onnx_path) != manifest["onnx_sha256"]:
+        raise PackageError(f"{onnx_path} does not match the sha256 in {manifest_path}")
+    if not (app_dir / "Procfile").is_file():
+        raise PackageError(f"{app_dir} is not the web app (no Procfile)")
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".app-", dir=out_dir.parent))
+    try:
+        shutil.copytree(app_dir, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(*EXCLUDE))  # fmt: skip
+        (staging / "model").mkdir()
+        for name in ("model.onnx", "model.json"):
+            shutil.copy2(bundle_dir / name, staging / "model" / name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--app", type=Path, default=APP_DIR)
+    parser.add_argument("--bundle", type=Path, default=config.BUNDLE_DIR)
+    parser.add_argument("--out", type=Path, default=config.ROOT / "build" / "heroku-app")
+    args = parser.parse_args(argv)
+    try:
+        manifest = package_app(args.app, args.bundle, args.out)
+    except PackageError as exc:
+        print(f"package: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"package: {args.out} with model {manifest['version']} ({manifest['onnx_sha256']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
