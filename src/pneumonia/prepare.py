@@ -38,12 +38,14 @@ class PreparedSplit:
 @dataclass
 class PrepareReport:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
     rejected: list[dict[str, str]] = field(default_factory=list)
     duplicates_dropped: list[dict[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
             "counts": self.counts,
+            "fingerprints": self.fingerprints,
             "total": sum(sum(c.values()) for c in self.counts.values()),
             "rejected_count": len(self.rejected),
             "rejected": self.rejected,
@@ -193,6 +195,7 @@ def prepare(
             if idx
             else np.zeros((0, image_size, image_size), np.uint8)
         )
+        report.fingerprints[split] = split_fingerprint([(_rel(good[i]), hashes[i]) for i in idx])
         splits[split] = PreparedSplit(
             images=images,
             labels=labels,
@@ -200,6 +203,14 @@ def prepare(
             patients=[good[i].patient for i in idx],
         )
     return splits, report
+
+
+def split_fingerprint(items: list[tuple[str, str]]) -> str:
+    """sha256 over a split's (file, content hash) pairs: equal fingerprints, same images."""
+    digest = hashlib.sha256()
+    for name, content in sorted(items):
+        digest.update(f"{name}\0{content}\n".encode())
+    return digest.hexdigest()
 
 
 def _summary(rejected: list[dict[str, str]], limit: int = 3) -> str:

@@ -1,0 +1,148 @@
+"""The pull request's model report (markdown), which CML posts as one comment.
+
+    python -m pneumonia.report --base origin/main --out report.md
+
+Holds: the gate's verdict, test metrics of this branch against the base branch's champion with
+deltas, the data version change, the parameters that changed, and the aggregate plots (ROC, PR,
+confusion matrix, training curves as images under metrics/figures; never an X-ray).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pneumonia import config
+from pneumonia.gate import COMPARED, MetricsError, Verdict, git_show, run_gate
+from pneumonia.tracking import _flatten
+
+NAMES = {
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity (recall)",
+    "specificity": "Specificity",
+    "f1": "F1",
+    "roc_auc": "ROC AUC",
+}
+FIGURES = (
+    ("ROC", "roc.png"),
+    ("Precision-recall", "pr.png"),
+    ("Confusion matrix", "confusion.png"),
+)
+
+
+def metrics_table(challenger: dict[str, Any], champion: dict[str, Any] | None) -> list[str]:
+    lines = ["| metric | main | this PR | change |", "|---|---:|---:|---:|"]
+    for key in COMPARED:
+        new = challenger[key]
+        if champion is None:
+            lines.append(f"| {NAMES[key]} | - | {new:.4f} | new |")
+        else:
+            old = champion[key]
+            lines.append(f"| {NAMES[key]} | {old:.4f} | {new:.4f} | {new - old:+.4f} |")
+    threshold_old = "-" if champion is None else f"{champion['threshold']:.4f}"
+    lines.append(
+        f"| Threshold (from validation) | {threshold_old} | {challenger['threshold']:.4f} | |"
+    )
+    return lines
+
+
+def params_diff(base: str, root: Path) -> list[str]:
+    here = _flatten(config.load_params(root / "params.yaml"))
+    raw = git_show(base, "params.yaml", root)
+    there = _flatten(yaml.safe_load(raw) or {}) if raw else {}
+    changed = sorted(k for k in here.keys() | there.keys() if here.get(k) != there.get(k))
+    if not changed:
+        return ["No parameter changed."]
+    lines = ["| parameter | main | this PR |", "|---|---|---|"]
+    lines += [f"| `{k}` | {there.get(k, '-')} | {here.get(k, '-')} |" for k in changed]
+    return lines
+
+
+def data_change(base: str, root: Path) -> str:
+    def version(raw: str | None) -> dict[str, Any]:
+        outs = (yaml.safe_load(raw) or {}).get("outs") if raw else None
+        return outs[0] if outs else {}
+
+    here = version((root / "chest_xray.dvc").read_text())
+    there = version(git_show(base, "chest_xray.dvc", root))
+    if here.get("md5") == there.get("md5"):
+        return f"Data unchanged: `{here.get('md5')}` ({here.get('nfiles')} files)."
+    return (
+        f"Data changed: `{there.get('md5', '-')}` ({there.get('nfiles', '-')} files) -> "
+        f"`{here.get('md5')}` ({here.get('nfiles')} files)."
+    )
+
+
+def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/figures") -> str:
+    """The report as markdown; image links are relative to ``root`` (CML uploads them)."""
+    status = "PASS" if verdict.passed else "FAIL"
+    icon = ":white_check_mark:" if verdict.passed else ":x:"
+    lines = [
+        "## Model report",
+        "",
+        f"**Gate: {icon} {status}** (champion: {verdict.baseline})",
+        "",
+        *[f"- {reason}" for reason in verdict.reasons],
+        "",
+        f"### Test metrics against `{base}`",
+        "",
+        *metrics_table(verdict.challenger, verdict.champion),
+        "",
+        "### Data",
+        "",
+        data_change(base, root),
+        "",
+        "### Parameters",
+        "",
+        *params_diff(base, root),
+        "",
+        "### Plots (test split)",
+        "",
+    ]
+    for title, name in FIGURES:
+        if (root / figures_dir / name).is_file():
+            lines.append(f"![{title}](./{figures_dir}/{name})")
+    train = root / "metrics" / "train.json"
+    if train.is_file():
+        summary = json.loads(train.read_text())
+        lines += [
+            "",
+            f"Training: best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}, "
+            f"{summary.get('train_seconds', 0) / 60:.1f} min.",
+        ]
+    lines += [
+        "",
+        "<sub>Aggregate metrics and plots only; no patient image leaves the runner.</sub>",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--base", default="origin/main")
+    parser.add_argument("--out", type=Path, default=Path("report.md"))
+    args = parser.parse_args(argv)
+    root = config.ROOT
+    try:
+        verdict = run_gate(args.base, root)
+        text = render(verdict, args.base, root)
+    except MetricsError as exc:
+        # The comment must still say what went wrong: a report that fails silently is worse.
+        text = f"## Model report\n\n**Gate: :x: ERROR**\n\n{exc}\n"
+        args.out.write_text(text)
+        print(f"report: error: {exc}", file=sys.stderr)
+        return 2
+    args.out.write_text(text)
+    print(f"report: wrote {args.out} (gate {'PASS' if verdict.passed else 'FAIL'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
