@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pneumonia.heroku import multipart_image
 from pneumonia.package import package_app
 from tests.conftest import free_port, stop
 
@@ -130,17 +131,8 @@ def test_booted_app_serves_the_packaged_model(heroku_app, bundle_dir):
 
 
 def test_real_prediction_over_http(heroku_app, samples):
-    boundary = secrets.token_hex(8)
-    image = samples[5].read_bytes()
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpeg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    headers = {**HTTPS, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    body, content_type = multipart_image(samples[5].read_bytes())
+    headers = {**HTTPS, "Content-Type": content_type}
     status, _, payload = get(f"{heroku_app['url']}/api/v1/predictions", headers, body)
     prediction = json.loads(payload)
     assert status == 200 and prediction["label"] in ("NORMAL", "PNEUMONIA")
@@ -193,3 +185,86 @@ def test_app_suite_passes_on_sqlite(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
+
+
+# --- Heroku deploy through the Platform API (local stand-in), smoke-tested on the booted app ---
+
+
+@pytest.fixture
+def fake_heroku():
+    from tests.fake_heroku import FakeHeroku
+
+    fake = FakeHeroku("xray-test", api_key="k" * 36)
+    yield fake
+    fake.close()
+
+
+def heroku_client(fake):
+    from pneumonia.heroku import HerokuClient
+
+    return HerokuClient(fake.app, fake.api_key, base_url=fake.url)
+
+
+def test_deploy_builds_smoke_tests_and_keeps_the_release(fake_heroku, heroku_app, bundle_dir,
+                                                        samples, tmp_path):  # fmt: skip
+    from pneumonia.heroku import deploy
+
+    folder = tmp_path / "app"
+    package_app(APP, bundle_dir, folder)
+    result = deploy(heroku_client(fake_heroku), folder, "abc123", heroku_app["url"], samples[0],
+                    smoke_timeout=20, build_poll=0.05)  # fmt: skip
+    assert result.prediction["label"] in ("NORMAL", "PNEUMONIA")
+    assert fake_heroku.rollbacks == [] and fake_heroku.releases[-1]["current"]
+    members = fake_heroku.tar_members(result.build_id)
+    assert "Procfile" in members and "manage.py" in members
+    assert (
+        hashlib.sha256(members["model/model.onnx"]).hexdigest()
+        == json.loads((bundle_dir / "model.json").read_text())["onnx_sha256"]
+    )
+    assert fake_heroku.builds[result.build_id]["resource"]["source_blob"]["version"] == "abc123"
+
+
+def test_failed_build_releases_nothing(fake_heroku, bundle_dir, samples, tmp_path):
+    from pneumonia.heroku import DeployError, deploy
+
+    fake_heroku.build_outcome = "failed"
+    folder = tmp_path / "app"
+    package_app(APP, bundle_dir, folder)
+    with pytest.raises(DeployError, match="failed: nothing was released"):
+        deploy(heroku_client(fake_heroku), folder, "abc", "http://127.0.0.1:9", samples[0],
+               smoke_timeout=1, build_poll=0.05)  # fmt: skip
+    assert len(fake_heroku.releases) == 1 and fake_heroku.rollbacks == []
+
+
+def test_failed_smoke_test_rolls_back(fake_heroku, heroku_app, torch_model, samples, tmp_path):
+    """The live app keeps serving the old model: the new release must be rolled back."""
+    import torch
+
+    from pneumonia.heroku import DeployError, deploy
+    from tests.bundles import make_bundle
+
+    with torch.no_grad():
+        torch_model.fc.bias += 0.5  # a different model: a different sha256
+    try:
+        other = make_bundle(torch_model, 64, tmp_path / "other-bundle", {
+            "threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9})  # fmt: skip
+    finally:
+        with torch.no_grad():
+            torch_model.fc.bias -= 0.5
+    folder = tmp_path / "app"
+    package_app(APP, other, folder)
+    previous = fake_heroku.releases[-1]["id"]
+    with pytest.raises(DeployError, match="rolled back to release v1"):
+        deploy(heroku_client(fake_heroku), folder, "def", heroku_app["url"], samples[0],
+               smoke_timeout=2, build_poll=0.05)  # fmt: skip
+    assert fake_heroku.rollbacks == [previous]
+    assert fake_heroku.releases[-1]["description"] == "Rollback to v1"
+
+
+def test_missing_api_key_names_the_secret(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumonia.heroku", "--app", "x", "--sample", "x.jpeg"],
+        env={k: v for k, v in os.environ.items() if k != "HEROKU_API_KEY"},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1 and "HEROKU_API_KEY is not set" in result.stderr

@@ -1,0 +1,219 @@
+"""Deploy the packaged web app to Heroku through the Platform API (no Heroku CLI needed).
+
+    HEROKU_API_KEY=... python -m pneumonia.heroku --app NAME --dir build/heroku-app \\
+        --url https://NAME.herokuapp.com --sample data/chest_xray/test/NORMAL/IM-0001-0001.jpeg
+
+Steps: remember the current release; upload the folder as a source tarball (``POST /sources``,
+``PUT`` to its ``put_url``); build it (``POST /apps/{app}/builds``) and wait; smoke-test the live
+app (``/health`` must report the new model's sha256, and one real prediction must succeed); when
+the smoke test fails, roll back to the remembered release (``POST /apps/{app}/releases``) and
+fail. A failed build releases nothing, so there is nothing to roll back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import secrets
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+API = os.environ.get("HEROKU_API_URL", "https://api.heroku.com")
+
+
+class DeployError(RuntimeError):
+    """The deploy did not happen or was rolled back; the message says which and why."""
+
+
+class HerokuClient:
+    def __init__(self, app: str, api_key: str, base_url: str = API, timeout: float = 30):
+        if not api_key:
+            raise DeployError(
+                "HEROKU_API_KEY is not set: create one with `heroku authorizations:create` (or in "
+                "Account settings > API key) and store it as the repository secret HEROKU_API_KEY"
+            )
+        self.app, self.api_key, self.base_url, self.timeout = app, api_key, base_url, timeout
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                headers: dict | None = None) -> Any:  # fmt: skip
+        request = urllib.request.Request(
+            self.base_url.rstrip("/") + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={
+                "Accept": "application/vnd.heroku+json; version=3",
+                "Authorization": f"Bearer {self.api_key}",
+                "Content-Type": "application/json",
+                **(headers or {}),
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise DeployError(f"Heroku API {method} {path} answered {exc.code}: {detail}") from None
+        except OSError as exc:
+            raise DeployError(f"Heroku API {method} {path} unreachable: {exc}") from None
+
+    def current_release(self) -> dict | None:
+        releases = self.request(
+            "GET", f"/apps/{self.app}/releases", headers={"Range": "version ..; order=desc, max=20"}
+        )
+        for release in releases:
+            if release.get("current") or release.get("status") == "succeeded":
+                return release
+        return None
+
+    def upload_source(self, tarball: bytes) -> str:
+        blob = self.request("POST", "/sources")["source_blob"]
+        put = urllib.request.Request(blob["put_url"], data=tarball, method="PUT",
+                                     headers={"Content-Type": ""})  # fmt: skip
+        try:
+            with urllib.request.urlopen(put, timeout=120):
+                pass
+        except OSError as exc:
+            raise DeployError(f"uploading the source tarball failed: {exc}") from None
+        return blob["get_url"]
+
+    def build(self, source_url: str, version: str, timeout: float = 900, poll: float = 5) -> dict:
+        build = self.request(
+            "POST", f"/apps/{self.app}/builds",
+            {"source_blob": {"url": source_url, "version": version}},
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while build["status"] == "pending":
+            if time.monotonic() > deadline:
+                raise DeployError(f"build {build['id']} still pending after {timeout:.0f}s")
+            time.sleep(poll)
+            build = self.request("GET", f"/apps/{self.app}/builds/{build['id']}")
+        if build["status"] != "succeeded":
+            raise DeployError(
+                f"build {build['id']} {build['status']}: nothing was released "
+                f"(log: {build.get('output_stream_url', 'n/a')})"
+            )
+        return build
+
+    def rollback(self, release_id: str) -> dict:
+        return self.request("POST", f"/apps/{self.app}/releases", {"release": release_id})
+
+
+def make_tarball(folder: Path) -> bytes:
+    """gzipped tarball of ``folder``'s contents, files at the archive root (Heroku's layout)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(Path(folder).rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+    return buffer.getvalue()
+
+
+def _http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 30):
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def multipart_image(image: bytes, field: str = "image") -> tuple[bytes, str]:
+    """A multipart/form-data body holding one JPEG file; returns (body, content type)."""
+    boundary = secrets.token_hex(12)
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        'filename="upload.jpeg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
+    body = head.encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def smoke_test(app_url: str, expected_sha256: str, sample: Path, timeout: float = 180,
+               poll: float = 3) -> dict:  # fmt: skip
+    """Wait until the live app serves ``expected_sha256``, then make one real prediction."""
+    deadline, last = time.monotonic() + timeout, "no answer"
+    while True:
+        try:
+            _, body = _http(f"{app_url.rstrip('/')}/health", timeout=15)
+            health = json.loads(body)
+            if health.get("sha256") == expected_sha256:
+                break
+            last = f"/health reports model sha256 {health.get('sha256')}"
+        except (OSError, ValueError) as exc:
+            last = f"/health failed: {exc}"
+        if time.monotonic() > deadline:
+            raise DeployError(f"smoke test: the app never served sha256 {expected_sha256}: {last}")
+        time.sleep(poll)
+    body, content_type = multipart_image(Path(sample).read_bytes())
+    try:
+        status, payload = _http(
+            f"{app_url.rstrip('/')}/api/v1/predictions", body, {"Content-Type": content_type},
+        )  # fmt: skip
+        prediction = json.loads(payload)
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"smoke test: the prediction request failed: {exc}") from None
+    if status != 200 or prediction.get("label") not in ("NORMAL", "PNEUMONIA"):
+        raise DeployError(f"smoke test: unexpected prediction answer {status}: {payload[:300]!r}")
+    return prediction
+
+
+@dataclass
+class DeployResult:
+    build_id: str
+    release_id: str | None
+    previous_release_id: str | None
+    prediction: dict
+
+
+def deploy(client: HerokuClient, folder: Path, version: str, app_url: str, sample: Path,
+           smoke_timeout: float = 180, build_poll: float = 5) -> DeployResult:  # fmt: skip
+    """Build ``folder`` on Heroku, smoke-test it, roll back if the smoke test fails."""
+    manifest = json.loads((Path(folder) / "model" / "model.json").read_text())
+    previous = client.current_release()
+    source_url = client.upload_source(make_tarball(folder))
+    build = client.build(source_url, version, poll=build_poll)
+    release_id = (build.get("release") or {}).get("id")
+    try:
+        prediction = smoke_test(app_url, manifest["onnx_sha256"], sample, timeout=smoke_timeout)
+    except DeployError as exc:
+        if previous is None:
+            raise DeployError(f"{exc}; no earlier release to roll back to") from None
+        client.rollback(previous["id"])
+        raise DeployError(f"{exc}; rolled back to release v{previous.get('version')}") from None
+    return DeployResult(build["id"], release_id, previous and previous["id"], prediction)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--app", default=os.environ.get("HEROKU_APP_NAME"), required=False)
+    parser.add_argument("--dir", type=Path, default=Path("build/heroku-app"))
+    parser.add_argument("--url", help="the app's public URL (default https://APP.herokuapp.com)")
+    parser.add_argument(
+        "--sample", type=Path, required=True, help="a real X-ray for the smoke test"
+    )
+    parser.add_argument("--version", default=os.environ.get("GITHUB_SHA", "local"))
+    args = parser.parse_args(argv)
+    try:
+        if not args.app:
+            raise DeployError("no app name: pass --app or set HEROKU_APP_NAME")
+        client = HerokuClient(args.app, os.environ.get("HEROKU_API_KEY", ""))
+        result = deploy(client, args.dir, args.version,
+                        args.url or f"https://{args.app}.herokuapp.com", args.sample)  # fmt: skip
+    except DeployError as exc:
+        print(f"heroku: error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"heroku: deployed build {result.build_id} (release {result.release_id}); smoke test "
+        f"predicted {result.prediction['label']} with model {result.prediction['model']['version']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Record a deployed model in MLflow: its registered version gets the ``production`` alias.
+
+    MLFLOW_TRACKING_URI=... python -m pneumonia.promote --bundle models/bundle
+
+The version is the one whose ``onnx_sha256`` tag matches the bundle (the export stage tags every
+version it registers). When none matches (the pipeline ran against another tracking server), the
+bundle's ONNX model is registered now, in a run tagged ``promotion``. The version is tagged with
+the deploy's time, git commit and Heroku app; the alias moves, and the previous production
+version keeps a ``replaced_at`` tag. Running it twice for the same bundle changes nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pneumonia import config, tracking
+
+PRODUCTION_ALIAS = "production"
+
+
+def find_version(client, name: str, sha256: str):
+    for version in client.search_model_versions(f"name='{name}'"):
+        if version.tags.get("onnx_sha256") == sha256:
+            return version
+    return None
+
+
+def promote(bundle_dir: Path, app: str | None = None) -> dict:
+    """Point the production alias at the bundle's model version; return what was done."""
+    mlflow = tracking._mlflow()
+    client = mlflow.MlflowClient()
+    manifest = json.loads((bundle_dir / "model.json").read_text())
+    name, sha256 = tracking.REGISTERED_MODEL_NAME, manifest["onnx_sha256"]
+    version = find_version(client, name, sha256) if _model_exists(client, name) else None
+    registered_now = version is None
+    if registered_now:
+        import onnx
+
+        with mlflow.start_run(
+            tags={"promotion": "true", "git.commit": str(manifest["git"]["commit"])}
+        ):
+            info = mlflow.onnx.log_model(onnx.load(str(bundle_dir / "model.onnx")), name="model",
+                                         registered_model_name=name)  # fmt: skip
+            mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+        version = client.get_model_version(name, str(info.registered_model_version))
+        client.set_model_version_tag(name, version.version, "onnx_sha256", sha256)
+    try:
+        previous = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
+    except Exception:  # no production version yet
+        previous = None
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if previous is not None and previous.version != version.version:
+        client.set_model_version_tag(name, previous.version, "replaced_at", now)
+    if previous is None or previous.version != version.version:
+        client.set_registered_model_alias(name, PRODUCTION_ALIAS, version.version)
+        client.set_model_version_tag(name, version.version, "deployed_at", now)
+        commit = os.environ.get("GITHUB_SHA", str(manifest["git"]["commit"]))
+        client.set_model_version_tag(name, version.version, "deployed_commit", commit)
+        if app:
+            client.set_model_version_tag(name, version.version, "heroku_app", app)
+    return {
+        "name": name,
+        "version": version.version,
+        "registered_now": registered_now,
+        "previous": None if previous is None else previous.version,
+    }
+
+
+def _model_exists(client, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, default=config.BUNDLE_DIR)
+    parser.add_argument("--app", default=os.environ.get("HEROKU_APP_NAME"))
+    args = parser.parse_args(argv)
+    try:
+        done = promote(args.bundle, args.app)
+    except tracking.TrackingUnavailableError as exc:
+        print(f"promote: error: {exc}", file=sys.stderr)
+        return 1
+    replaced = done["previous"] not in (None, done["version"])
+    print(
+        f"promote: {done['name']} v{done['version']} is now '{PRODUCTION_ALIAS}'"
+        f"{' (registered now)' if done['registered_now'] else ''}"
+        f"{', replacing v' + done['previous'] if replaced else ''}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""A local HTTP server speaking the few Heroku Platform API calls the deploy command uses, with
+their documented shapes: POST /sources (source_blob put_url/get_url), PUT/GET of the blob,
+POST/GET /apps/{app}/builds, GET /apps/{app}/releases (Range header), POST /apps/{app}/releases
+(rollback). It really receives and opens the tarball; whether builds succeed is up to the test."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeHeroku:
+    def __init__(self, app: str, api_key: str, build_outcome: str = "succeeded"):
+        self.app, self.api_key, self.build_outcome = app, api_key, build_outcome
+        self.blobs: dict[str, bytes] = {}
+        self.builds: dict[str, dict] = {}
+        self.releases = [{"id": str(uuid.uuid4()), "version": 1, "status": "succeeded",
+                          "current": True, "description": "initial"}]  # fmt: skip
+        self.calls: list[tuple[str, str]] = []
+        self.rollbacks: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def tar_members(self, build_id: str) -> dict[str, bytes]:
+        blob = self.blobs[self.builds[build_id]["blob"]]
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+    def _release(self, description: str) -> dict:
+        for release in self.releases:
+            release["current"] = False
+        release = {"id": str(uuid.uuid4()), "version": len(self.releases) + 1,
+                   "status": "succeeded", "current": True, "description": description}  # fmt: skip
+        self.releases.append(release)
+        return release
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _authorized(self) -> bool:
+                ok = (
+                    self.headers.get("Authorization") == f"Bearer {fake.api_key}"
+                    and self.headers.get("Accept") == "application/vnd.heroku+json; version=3"
+                )
+                if not ok:
+                    self._send(
+                        401, {"id": "unauthorized", "message": "Invalid credentials provided."}
+                    )
+                return ok
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_PUT(self):  # the presigned upload URL: no API auth
+                fake.calls.append(("PUT", self.path))
+                fake.blobs[self.path.rsplit("/", 1)[1]] = self._body()
+                self._send(200, b"")
+
+            def do_GET(self):
+                fake.calls.append(("GET", self.path))
+                if self.path.startswith("/blobs/"):
+                    return self._send(200, fake.blobs[self.path.rsplit("/", 1)[1]])
+                if not self._authorized():
+                    return None
+                if self.path == f"/apps/{fake.app}/releases":
+                    if "order=desc" not in (self.headers.get("Range") or ""):
+                        return self._send(200, fake.releases)
+                    return self._send(206, list(reversed(fake.releases)))
+                if self.path.startswith(f"/apps/{fake.app}/builds/"):
+                    return self._send(200, fake.builds[self.path.rsplit("/", 1)[1]]["resource"])
+                return self._send(404, {"id": "not_found", "message": "Not found."})
+
+            def do_POST(self):
+                fake.calls.append(("POST", self.path))
+                if not self._authorized():
+                    return None
+                body = json.loads(self._body() or b"{}")
+                if self.path == "/sources":
+                    blob_url = f"{fake.url}/blobs/{uuid.uuid4().hex}"
+                    return self._send(
+                        201, {"source_blob": {"get_url": blob_url, "put_url": blob_url}}
+                    )
+                if self.path == f"/apps/{fake.app}/builds":
+                    build_id = str(uuid.uuid4())
+                    blob = body["source_blob"]["url"].rsplit("/", 1)[1]
+                    resource = {"id": build_id, "status": "pending", "release": None,
+                                "source_blob": body["source_blob"],
+                                "output_stream_url": f"{fake.url}/streams/{build_id}"}  # fmt: skip
+                    fake.builds[build_id] = {"blob": blob, "resource": resource}
+                    self._send(201, resource)
+                    # The build finishes right after it is first reported as pending.
+                    resource["status"] = fake.build_outcome
+                    if fake.build_outcome == "succeeded":
+                        resource["release"] = {"id": fake._release(f"Build {build_id}")["id"]}
+                    return None
+                if self.path == f"/apps/{fake.app}/releases":
+                    target = next(r for r in fake.releases if r["id"] == body["release"])
+                    fake.rollbacks.append(target["id"])
+                    return self._send(201, fake._release(f"Rollback to v{target['version']}"))
+                return self._send(404, {"id": "not_found", "message": "Not found."})
+
+        return Handler
