@@ -1,0 +1,96 @@
+"""The scheduled / manual retraining job: retrain only when something changed.
+
+    python -m pneumonia.retrain [--force] [--set train.epochs=3 ...] [--reason "..."]
+
+Something changed when ``dvc status`` finds a stage out of date (new data version, changed
+parameters or code), when parameters are overridden with ``--set`` (applied like
+``dvc exp run -S``, so params.yaml records them), or with ``--force``. Otherwise it ends at once
+with a one-line summary. Writes ``changed=true|false`` to ``$GITHUB_OUTPUT`` and the summary to
+``$GITHUB_STEP_SUMMARY`` when those are set (GitHub Actions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from pneumonia import config, tracking
+
+
+def stale_stages() -> list[str]:
+    """Stages whose dependencies, parameters or outputs changed since dvc.lock."""
+    result = subprocess.run(
+        ["dvc", "status", "--json"], cwd=config.ROOT, capture_output=True, text=True, check=True
+    )
+    status = json.loads(result.stdout or "{}")
+    return sorted(k.split(":")[-1] for k in status if not k.endswith(".dvc"))
+
+
+def retrain(force: bool, overrides: list[str]) -> tuple[bool, str]:
+    """Run the pipeline if needed; return (changed, one-line summary)."""
+    data = tracking.data_version()
+    stale = stale_stages()
+    if not (force or overrides or stale):
+        return False, (
+            f"Nothing changed (data {data['md5']}, {data['nfiles']} files; params and code as "
+            "in dvc.lock): no retraining."
+        )
+    if overrides:
+        command = ["dvc", "exp", "run"] + [arg for o in overrides for arg in ("-S", o)]
+    else:
+        command = ["dvc", "repro"] + (["--force"] if force else [])
+    subprocess.run(command, cwd=config.ROOT, check=True)
+    why = (
+        "forced"
+        if force
+        else ("parameters " + ", ".join(overrides))
+        if overrides
+        else ("out of date: " + ", ".join(stale))
+    )
+    test = json.loads((config.METRICS_DIR / "test.json").read_text())
+    return True, (
+        f"Retrained ({why}) on data {data['md5']}: test accuracy {test['accuracy']:.4f}, "
+        f"sensitivity {test['sensitivity']:.4f}, specificity {test['specificity']:.4f}."
+    )
+
+
+def _append(env_var: str, text: str) -> None:
+    path = os.environ.get(env_var)
+    if path:
+        with open(path, "a") as f:
+            f.write(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--force", action="store_true", help="retrain even if nothing changed")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="parameter override, e.g. train.epochs=3 (repeatable)")  # fmt: skip
+    parser.add_argument("--reason", default="", help="why this run was started (for the record)")
+    args = parser.parse_args(argv)
+    for override in args.set:
+        if "=" not in override or override.startswith("="):
+            print(f"retrain: error: --set takes KEY=VALUE, got {override!r}", file=sys.stderr)
+            return 2
+    try:
+        changed, summary = retrain(args.force, args.set)
+    except subprocess.CalledProcessError as exc:
+        print(
+            f"retrain: error: `{' '.join(exc.cmd)}` failed (exit {exc.returncode})", file=sys.stderr
+        )
+        return 1
+    if args.reason:
+        summary += f" Reason: {args.reason}"
+    print(summary)
+    _append("GITHUB_OUTPUT", f"changed={'true' if changed else 'false'}")
+    _append("GITHUB_STEP_SUMMARY", summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
