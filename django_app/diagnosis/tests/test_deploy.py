@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 APP = Path(__file__).resolve().parents[2]
 REPO = APP.parent
 SCREENSHOTS = REPO / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="session")
