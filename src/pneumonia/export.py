@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from pneumonia import config, tracking
+from pneumonia.files import atomic_directory
 from pneumonia.model import load_checkpoint, to_input
 from pneumonia.predict import Bundle, sha256_file
 from pneumonia.prepare import load_split
@@ -138,9 +137,7 @@ def export(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Export, check parity and write the bundle to ``out_dir`` atomically; return model.json."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         onnx_path = staging / "model.onnx"
         export_onnx(model, image_size, onnx_path, int(params["export"]["opset"]))
         manifest = build_manifest(
@@ -155,11 +152,6 @@ def export(
             )
         manifest["parity"] = {**diff, "tolerance": tolerance}
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

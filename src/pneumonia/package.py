@@ -13,10 +13,10 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from pneumonia import config
+from pneumonia.files import atomic_directory
 from pneumonia.predict import sha256_file
 
 APP_DIR = config.ROOT / "django_app"
@@ -38,19 +38,12 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
     if not (app_dir / "Procfile").is_file():
         raise PackageError(f"{app_dir} is not the web app (no Procfile)")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".app-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         shutil.copytree(app_dir, staging, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(*EXCLUDE))  # fmt: skip
         (staging / "model").mkdir()
         for name in ("model.onnx", "model.json"):
             shutil.copy2(bundle_dir / name, staging / "model" / name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

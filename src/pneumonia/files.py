@@ -1,0 +1,24 @@
+"""Writing folders so that readers see the old one or the new one, never a half-written one."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_directory(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``out_dir``; when the block succeeds it replaces
+    ``out_dir``, when it raises it is removed and ``out_dir`` stays as it was."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield staging
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
