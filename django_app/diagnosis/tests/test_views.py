@@ -186,3 +186,20 @@ def test_uploads_never_touch_the_disk(client, samples, settings):
         client.post("/", {"image": upload("x.jpeg", sample_bytes(samples, i))})
         client.post("/api/v1/predictions", {"image": upload("x.jpeg", sample_bytes(samples, i))})
     assert set(os.listdir(tempfile.gettempdir())) - before == set()
+
+
+def test_dicom_upload_through_the_form_and_the_api(client, samples):
+    from diagnosis.tests.test_inference import dicom_bytes
+
+    gray = np.asarray(Image.open(samples[0]).convert("L"), np.float64)
+    data = dicom_bytes(4095 - np.round(gray / 255 * 4095), "MONOCHROME1")
+    reference = client.post(
+        "/api/v1/predictions", {"image": upload("a.jpeg", sample_bytes(samples))}
+    )
+    api = client.post(
+        "/api/v1/predictions", {"image": upload("scan.dcm", data, "application/dicom")}
+    )
+    assert api.status_code == 200
+    assert api.json()["probability"] == pytest.approx(reference.json()["probability"], abs=0.05)
+    form = client.post("/", {"image": upload("scan.dcm", data, "application/dicom")})
+    assert form.status_code == 200 and 'id="label">' in form.content.decode()
