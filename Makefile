@@ -9,7 +9,7 @@ WEIGHTS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps data retrain test test-fast lint format bench-pipeline clean
+.PHONY: help install system-deps data retrain test test-fast lint format bench bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -69,12 +69,16 @@ test-fast: install ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff: lint and format check
-	$(BIN)/ruff check src tests django_app
-	$(BIN)/ruff format --check src tests django_app
+	$(BIN)/ruff check src tests django_app bench
+	$(BIN)/ruff format --check src tests django_app bench
 
 format: install ## ruff: fix imports and format
 	$(BIN)/ruff check --fix src tests django_app
 	$(BIN)/ruff format src tests django_app
+
+bench: install ## inference and web benchmarks on models/ (QUICK=1: only check that they run)
+	$(BIN)/python bench/inference.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/web.py $(if $(QUICK),--quick)
 
 bench-pipeline: data ## time every stage on the full data (random init): docs/benchmarks.md
 	PATH=$(BIN):$$PATH bash bench/pipeline_stages.sh -S train.weights=none

@@ -131,8 +131,10 @@ def overlay(gray: Image.Image, cam: np.ndarray) -> Image.Image:
 
 
 def to_png(image: Image.Image) -> bytes:
+    # zlib level 1: measured 37 ms instead of 177 ms for the two images of a result, for files
+    # 10-15% larger; at level 6 encoding cost four times the model itself.
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False)
+    image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

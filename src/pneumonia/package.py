@@ -47,6 +47,24 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
     return manifest
 
 
+def app_venv(app_dir: Path = APP_DIR, cache: Path | None = None) -> Path:
+    """A virtual environment with only the app's requirements (what Heroku's Python buildpack
+    installs), cached under ``.cache/`` by the hash of the requirements file."""
+    import hashlib
+    import subprocess
+
+    requirements = app_dir / "requirements.txt"
+    key = hashlib.sha256(requirements.read_bytes() + sys.version.encode()).hexdigest()[:12]
+    venv = (cache or config.ROOT / ".cache") / f"heroku-venv-{key}"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(requirements)],
+                       check=True)  # fmt: skip
+        (venv / ".complete").touch()
+    return venv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

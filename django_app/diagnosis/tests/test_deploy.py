@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pneumonia.heroku import multipart_image
-from pneumonia.package import package_app
+from pneumonia.package import app_venv, package_app
 from tests.conftest import free_port, stop
 
 pytestmark = pytest.mark.slow
@@ -31,19 +31,8 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/
 
 @pytest.fixture(scope="session")
 def heroku_venv() -> Path:
-    """A venv with only django_app/requirements.txt, as Heroku's Python buildpack makes it;
-    cached under .cache/ by the hash of the requirements."""
-    key = hashlib.sha256((APP / "requirements.txt").read_bytes() + sys.version.encode())
-    venv = REPO / ".cache" / f"heroku-venv-{key.hexdigest()[:12]}"
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", "-r", str(APP / "requirements.txt")],
-            check=True,
-        )
-        (venv / ".complete").touch()
-    return venv
+    """A venv with only django_app/requirements.txt, as Heroku's Python buildpack makes it."""
+    return app_venv(APP, REPO / ".cache")
 
 
 def procfile(app: Path) -> dict[str, str]:

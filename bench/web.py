@@ -1,0 +1,173 @@
+"""The web app under load, as it runs on Heroku: packaged with the bundle, its own venv (no
+torch), the Procfile's web command (gunicorn, 2 workers) on PostgreSQL, on 127.0.0.1 only.
+
+    python bench/web.py [--clients 4] [--seconds 60] [--quick]
+
+Measures: cold start (process start to the first prediction answered), requests/s and
+p50/p95/p99 latency of POST /api/v1/predictions with the full-size sample JPEGs at N concurrent
+clients over a bounded run, errors, RSS of each worker at start and after 1,000 predictions, and
+the installed size (venv + app + model). Prints a Markdown report. Load stays on loopback and
+stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from pneumonia.heroku import multipart_image  # noqa: E402
+from pneumonia.package import APP_DIR, app_venv, package_app  # noqa: E402
+
+SAMPLES = Path(os.environ.get("PNEUMONIA_SHARED_DATA", ROOT.parent / "shared" / "data")) / "samples"
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except OSError:
+        status = 0
+    return status, (time.perf_counter() - started) * 1000
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def workers(master: int) -> list[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return sorted(int(c) for c in children)
+
+
+def du_mib(*paths: Path) -> float:
+    out = subprocess.run(["du", "-sbc", *map(str, paths)], capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1].split()[0]) / 2**20
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--predictions", type=int, default=1000, help="RSS is read after these")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: checks that it works")
+    parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "bundle")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.predictions = 3, 20
+    import psycopg
+
+    images = [multipart_image(p.read_bytes()) for p in sorted(SAMPLES.rglob("*.jpeg"))]
+    venv = app_venv()
+    work = Path(tempfile.mkdtemp(prefix="web-bench-"))
+    app = work / "app"
+    package_app(APP_DIR, args.bundle, app)
+    database = f"xray_bench_{secrets.token_hex(4)}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    port = 20000 + secrets.randbelow(20000)
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": str(work),
+        "PORT": str(port), "WEB_CONCURRENCY": "2", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "127.0.0.1", "DJANGO_SSL_REDIRECT": "0",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+    }  # fmt: skip
+    procfile = dict(line.split(": ", 1) for line in (app / "Procfile").read_text().splitlines())
+    for command in ("python manage.py collectstatic --noinput", procfile["release"]):
+        subprocess.run(["bash", "-c", command], cwd=app, env=env, check=True, capture_output=True)
+    url = f"http://127.0.0.1:{port}/api/v1/predictions"
+    log = open(work / "web.log", "w")  # noqa: SIM115 (closed in finally)
+    started = time.perf_counter()
+    server = subprocess.Popen(["bash", "-c", "exec " + procfile["web"]], cwd=app, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        while post(url, *images[0])[0] != 200:
+            if server.poll() is not None or time.perf_counter() - started > 60:
+                raise RuntimeError((work / "web.log").read_text()[-2000:])
+            time.sleep(0.05)
+        cold_start = time.perf_counter() - started
+        for i in range(4):  # each worker answers once before "start" RSS is read
+            post(url, *images[i])
+        rss_start = {pid: rss_mib(pid) for pid in workers(server.pid)}
+
+        latencies: list[float] = []
+        statuses: list[int] = []
+        lock = threading.Lock()
+        deadline = time.perf_counter() + args.seconds
+
+        def client(offset: int) -> None:
+            i = offset
+            while time.perf_counter() < deadline:
+                status, ms = post(url, *images[i % len(images)])
+                with lock:
+                    latencies.append(ms)
+                    statuses.append(status)
+                i += args.clients
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        load_started = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - load_started
+        done = len(statuses) + 5
+        i = 0
+        while done < args.predictions:  # top up to the prediction count for the RSS reading
+            post(url, *images[i % len(images)])
+            done, i = done + 1, i + 1
+        rss_end = {pid: rss_mib(pid) for pid in workers(server.pid)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+    errors = sum(s != 200 for s in statuses)
+    p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
+    print(
+        f"gunicorn, 2 workers (Procfile), PostgreSQL; {args.clients} concurrent clients posting "
+        f"{len(images)} full-size sample JPEGs in turn for {args.seconds:.0f} s on loopback.\n"
+    )
+    print("| measure | value |\n|---|---:|")
+    print(f"| requests | {len(statuses)} ({errors} errors) |")
+    print(f"| throughput | {len(statuses) / elapsed:.1f} req/s |")
+    print(f"| latency p50 / p95 / p99 | {p50:.0f} / {p95:.0f} / {p99:.0f} ms |")
+    print(f"| mean latency | {statistics.mean(latencies):.0f} ms |")
+    print(f"| cold start (spawn to first prediction) | {cold_start:.2f} s |")
+    for n, pid in enumerate(sorted(rss_start)):
+        end = rss_end.get(pid, float("nan"))
+        growth = (end / rss_start[pid] - 1) * 100
+        print(f"| worker {n + 1} RSS at start / after {done} predictions | "
+              f"{rss_start[pid]:.0f} / {end:.0f} MiB ({growth:+.1f}%) |")  # fmt: skip
+    print(f"| installed app (venv + app + model) | {du_mib(venv, app):.0f} MiB |")
+    print(json.dumps({"errors": errors, "requests": len(statuses)}), file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

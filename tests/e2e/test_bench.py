@@ -1,0 +1,35 @@
+"""The benchmarks still run (quick mode; no time is judged here: see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from pneumonia.model import save_checkpoint
+from tests.bundles import calibrated_model, make_bundle
+from tests.conftest import REPO, run, tool_env
+
+pytestmark = pytest.mark.slow
+METRICS = {"threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8,
+           "precision": 0.9, "f1": 0.9, "roc_auc": 0.9, "n": 10, "tp": 5, "fp": 1, "tn": 3,
+           "fn": 1}  # fmt: skip
+
+
+def test_inference_and_web_benchmarks_run(tmp_path):
+    model = calibrated_model(64)
+    save_checkpoint(model, tmp_path / "model.pt", 64, "none")
+    bundle = make_bundle(model, 64, tmp_path / "bundle", METRICS)
+    command = [
+        sys.executable,
+        "bench/inference.py",
+        "--quick",
+        "--model",
+        str(tmp_path / "model.pt"),
+    ]
+    inference = run([*command, "--bundle", str(bundle)], REPO, tool_env())
+    assert "| torch eager (fp32, 2 threads) |" in inference.stdout
+    assert "| onnxruntime, 1 thread (as served) |" in inference.stdout
+    web = run([sys.executable, "bench/web.py", "--quick", "--bundle", str(bundle)], REPO,
+              tool_env())  # fmt: skip
+    assert "(0 errors)" in web.stdout and "| installed app (venv + app + model) |" in web.stdout
