@@ -32,7 +32,7 @@ def find_version(client, name: str, sha256: str):
 
 def promote(bundle_dir: Path, app: str | None = None) -> dict:
     """Point the production alias at the bundle's model version; return what was done."""
-    mlflow = tracking._mlflow()
+    mlflow = tracking.connect()
     client = mlflow.MlflowClient()
     manifest = json.loads((bundle_dir / "model.json").read_text())
     name, sha256 = tracking.REGISTERED_MODEL_NAME, manifest["onnx_sha256"]

@@ -19,7 +19,7 @@ import yaml
 
 from pneumonia import config
 from pneumonia.gate import COMPARED, MetricsError, Verdict, git_show, run_gate
-from pneumonia.tracking import _flatten
+from pneumonia.tracking import flatten_params
 
 NAMES = {
     "accuracy": "Accuracy",
@@ -52,9 +52,9 @@ def metrics_table(challenger: dict[str, Any], champion: dict[str, Any] | None) -
 
 
 def params_diff(base: str, root: Path) -> list[str]:
-    here = _flatten(config.load_params(root / "params.yaml"))
+    here = flatten_params(config.load_params(root / "params.yaml"))
     raw = git_show(base, "params.yaml", root)
-    there = _flatten(yaml.safe_load(raw) or {}) if raw else {}
+    there = flatten_params(yaml.safe_load(raw) or {}) if raw else {}
     changed = sorted(k for k in here.keys() | there.keys() if here.get(k) != there.get(k))
     if not changed:
         return ["No parameter changed."]

@@ -38,7 +38,9 @@ def _default_uri() -> str:
     return f"sqlite:///{config.MLFLOW_DIR / 'mlflow.db'}"
 
 
-def _mlflow():
+def connect():
+    """The ``mlflow`` module, pointed at the tracking server (checked reachable) and the
+    project's experiment."""
     import mlflow  # slow import: only the stages that log pay for it
 
     uri = tracking_uri()
@@ -106,7 +108,7 @@ def trigger() -> str:
 
 def start_run(params: dict[str, Any]) -> str:
     """Open the pipeline's MLflow run, log params and provenance tags; return its id."""
-    mlflow = _mlflow()
+    mlflow = connect()
     git = git_info()
     data = data_version()
     tags = {
@@ -118,7 +120,7 @@ def start_run(params: dict[str, Any]) -> str:
         "trigger": trigger(),
     }
     with mlflow.start_run(tags=tags) as run:
-        mlflow.log_params(_flatten(params))
+        mlflow.log_params(flatten_params(params))
         run_id = run.info.run_id
     config.RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
     config.RUN_FILE.write_text(
@@ -130,7 +132,7 @@ def start_run(params: dict[str, Any]) -> str:
 @contextmanager
 def resume_run() -> Iterator[Any]:
     """Re-open the run that ``train`` started (the ``mlflow`` module is yielded)."""
-    mlflow = _mlflow()
+    mlflow = connect()
     run_id = json.loads(config.RUN_FILE.read_text())["run_id"]
     with mlflow.start_run(run_id=run_id):
         yield mlflow
@@ -144,12 +146,13 @@ def _public_uri(uri: str) -> str:
     return uri
 
 
-def _flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested parameter sections as dotted keys: ``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
     flat: dict[str, Any] = {}
     for key, value in params.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(flatten_params(value, f"{name}."))
         else:
             flat[name] = value
     return flat

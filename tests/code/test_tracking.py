@@ -50,5 +50,5 @@ def test_trigger_prefers_explicit_then_github_event(monkeypatch):
 
 
 def test_nested_params_are_flattened():
-    flat = tracking._flatten({"train": {"lr": 0.001, "augment": {"hflip": 0.5}}})
+    flat = tracking.flatten_params({"train": {"lr": 0.001, "augment": {"hflip": 0.5}}})
     assert flat == {"train.lr": 0.001, "train.augment.hflip": 0.5}
