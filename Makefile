@@ -76,7 +76,8 @@ format: install ## ruff: fix imports and format
 	$(BIN)/ruff check --fix src tests django_app
 	$(BIN)/ruff format src tests django_app
 
-bench: install ## inference and web benchmarks on models/ (QUICK=1: only check that they run)
+bench: install ## training step, inference and web benchmarks (QUICK=1: only check they run)
+	$(BIN)/python bench/train_step.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/inference.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/web.py $(if $(QUICK),--quick)
 

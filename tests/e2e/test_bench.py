@@ -16,6 +16,11 @@ METRICS = {"threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.95, "specificity"
            "fn": 1}  # fmt: skip
 
 
+def test_training_step_benchmark_runs():
+    result = run([sys.executable, "bench/train_step.py", "--quick"], REPO, tool_env())
+    assert "| fp32 (baseline) |" in result.stdout and "1.00x |" in result.stdout
+
+
 def test_inference_and_web_benchmarks_run(tmp_path):
     model = calibrated_model(64)
     save_checkpoint(model, tmp_path / "model.pt", 64, "none")
