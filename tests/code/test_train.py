@@ -89,3 +89,39 @@ def test_weights_file_errors_are_explicit(tmp_path):
     torch.save({"layer.weight": torch.zeros(2)}, wrong)
     with pytest.raises(WeightsUnavailableError, match="not a ResNet18 state dict"):
         build_model(str(wrong))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_runs_in_both_precisions_and_restores_the_best_epoch(precision, small_dataset):
+    from pneumonia.prepare import prepare
+    from pneumonia.train import train
+
+    splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    params = {
+        "seed": 0, "lr": 0.001, "batch_size": 8, "epochs": 2, "class_weighting": "balanced",
+        "early_stopping_patience": 3, "precision": precision, "augment": {},
+    }  # fmt: skip
+    model, history = train(build_model("none"), splits["train"], splits["val"], params)
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history)
+    assert not model.training
+    # The returned weights are the best epoch's: recomputing its validation loss agrees.
+    from pneumonia.model import predict_logits
+
+    logits = torch.from_numpy(predict_logits(model, splits["val"].images))
+    weight = class_weights(splits["train"].labels, "balanced")
+    loss = torch.nn.functional.cross_entropy(
+        logits, torch.from_numpy(splits["val"].labels), weight=weight
+    )
+    assert loss.item() == pytest.approx(min(r["val_loss"] for r in history), rel=1e-4)
+
+
+def test_unknown_precision_is_refused(small_dataset):
+    from pneumonia.prepare import prepare
+    from pneumonia.train import train
+
+    splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    params = {"seed": 0, "lr": 0.001, "batch_size": 8, "epochs": 1, "class_weighting": "none",
+              "early_stopping_patience": 1, "precision": "fp16"}  # fmt: skip
+    with pytest.raises(ValueError, match="train.precision"):
+        train(build_model("none"), splits["train"], splits["val"], params)
