@@ -11,7 +11,6 @@ worker) and with its default threads. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -23,11 +22,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
 from pneumonia.model import load_checkpoint, to_input  # noqa: E402
 from pneumonia.predict import Bundle  # noqa: E402
-
-SAMPLES = Path(os.environ.get("PNEUMONIA_SHARED_DATA", ROOT.parent / "shared" / "data")) / "samples"
 
 
 def timed(call, runs: int, warmup: int) -> list[float]:

@@ -10,7 +10,6 @@ on a ResNet18 with a 2-class head and real X-rays from the shared samples.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -23,10 +22,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
 from pneumonia.model import build_model, to_input  # noqa: E402
 
-SAMPLES = Path(os.environ.get("PNEUMONIA_SHARED_DATA", ROOT.parent / "shared" / "data")) / "samples"
 VARIANTS = {  # name: (autocast bf16, channels_last)
     "fp32 (baseline)": (False, False),
     "fp32 + channels_last": (False, True),

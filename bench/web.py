@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import statistics
 import subprocess
@@ -30,10 +29,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.heroku import multipart_image  # noqa: E402
 from pneumonia.package import APP_DIR, app_venv, package_app  # noqa: E402
-
-SAMPLES = Path(os.environ.get("PNEUMONIA_SHARED_DATA", ROOT.parent / "shared" / "data")) / "samples"
 
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, float]:

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pneumonia import config
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PNEUMONIA_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = config.SHARED_DATA_DIR
 DATASET = SHARED_DATA / "chest_xray"
 SAMPLES = SHARED_DATA / "samples"
 BIN = Path(sys.executable).parent  # dvc, mlflow, moto_server of this venv

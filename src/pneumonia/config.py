@@ -46,6 +46,14 @@ FIGURES_DIR = METRICS_DIR / "figures"  # the same plots as PNG images
 
 MLFLOW_DIR = ROOT / ".mlflow"  # default local tracking store (ignored by git)
 
+# Real images for tests and benchmarks (chest_xray/ and samples/): a copy beside the checkout,
+# or PNEUMONIA_SHARED_DATA (CI on GitHub points it at data/, filled by `dvc pull`).
+SHARED_DATA_DIR = Path(
+    os.environ.get("PNEUMONIA_SHARED_DATA")
+    or Path(__file__).resolve().parents[3] / "shared" / "data"
+)
+SAMPLES_DIR = SHARED_DATA_DIR / "samples"
+
 # Dataset facts. Index = class id used by the model; PNEUMONIA is the positive class.
 LABELS: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 POSITIVE_LABEL = "PNEUMONIA"
