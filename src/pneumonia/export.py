@@ -43,7 +43,7 @@ class WithFeatures(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.resnet
-        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        x = r.maxpool(r.relu(r.bn1(r.conv1(r.standardize(x)))))
         features = r.layer4(r.layer3(r.layer2(r.layer1(x))))
         return r.fc(torch.flatten(r.avgpool(features), 1)), features
 

@@ -8,26 +8,61 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet, ResNet18_Weights
+from torchvision.models.resnet import BasicBlock
 
 from pneumonia.config import LABELS, NORM_MEAN, NORM_STD, POSITIVE_LABEL
 from pneumonia.predict import softmax
+
+
+INPUT_NORMS = ("fixed", "per_image")
 
 
 class WeightsUnavailableError(RuntimeError):
     """The requested initial weights cannot be had; the message names the ways out."""
 
 
-def build_model(weights: str) -> nn.Module:
+class XrayResNet(ResNet):
+    """torchvision's ResNet18, optionally standardising each image inside the network.
+
+    ``input_norm="per_image"`` rescales every input channel to zero mean and unit variance per
+    image, so exposure and contrast differences between hospitals and devices do not reach the
+    first convolution. Being part of the graph, it is exported to ONNX with the weights and the
+    serving code does not change. It has no parameters: state dicts are plain ResNet18 ones.
+    """
+
+    def __init__(self, input_norm: str = "fixed"):
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"train.input_norm must be one of {INPUT_NORMS}, not {input_norm!r}")
+        super().__init__(BasicBlock, [2, 2, 2, 2])
+        self.input_norm = input_norm
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm == "fixed":
+            return x
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True)
+        return (x - mean) / (std + 1e-5)
+
+    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+        return super()._forward_impl(self.standardize(x))
+
+
+def resnet18(input_norm: str = "fixed") -> XrayResNet:
+    return XrayResNet(input_norm)
+
+
+def build_model(weights: str, input_norm: str = "fixed") -> nn.Module:
     """ResNet18 with a new ``len(LABELS)``-class head.
 
     ``weights``: ``imagenet`` (torchvision's ImageNet-1k weights, downloaded on first use),
     ``none`` (random init) or the path of a ResNet18 state dict (its ``fc`` layer is replaced).
-    Never falls back from one to another.
+    Never falls back from one to another. ``input_norm``: see ``XrayResNet``.
     """
+    model = resnet18(input_norm)
     if weights == "imagenet":
         try:
-            model = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
+            model.load_state_dict(ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False))
         except (urllib.error.URLError, OSError, RuntimeError) as exc:
             raise WeightsUnavailableError(
                 f"train.weights is 'imagenet' but torchvision could not load the ImageNet "
@@ -36,10 +71,7 @@ def build_model(weights: str) -> nn.Module:
                 "from random init or a local file: `dvc exp run -S train.weights=none` or "
                 "`dvc exp run -S train.weights=path/to/resnet18.pth`."
             ) from exc
-    elif weights == "none":
-        model = resnet18(weights=None)
-    else:
-        model = resnet18(weights=None)
+    elif weights != "none":
         model.load_state_dict(_load_backbone_state(Path(weights)), strict=False)
     model.fc = nn.Linear(model.fc.in_features, len(LABELS))
     return model
@@ -55,7 +87,7 @@ def _load_backbone_state(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = {k for k in resnet18(weights=None).state_dict() if not k.startswith("fc.")}
+    expected = {k for k in resnet18().state_dict() if not k.startswith("fc.")}
     missing, unexpected = expected - backbone.keys(), backbone.keys() - expected
     if missing or unexpected:
         raise WeightsUnavailableError(
@@ -98,6 +130,7 @@ def save_checkpoint(model: nn.Module, path: Path, image_size: int, weights: str)
             "image_size": image_size,
             "labels": list(LABELS),
             "init": weights,
+            "input_norm": getattr(model, "input_norm", "fixed"),
         },
         path,
     )
@@ -106,7 +139,7 @@ def save_checkpoint(model: nn.Module, path: Path, image_size: int, weights: str)
 def load_checkpoint(path: Path) -> tuple[nn.Module, int]:
     """Model (eval mode) and its input size from a checkpoint written by ``save_checkpoint``."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model("none")
+    model = build_model("none", checkpoint.get("input_norm", "fixed"))
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     return model, int(checkpoint["image_size"])

@@ -37,12 +37,18 @@ from pneumonia.prepare import PreparedSplit, load_split
 
 @dataclass(frozen=True)
 class Augment:
-    """Random photometric and geometric changes applied per image at training time."""
+    """Random photometric and geometric changes applied per image at training time.
+
+    The fields added after the first four default to off, so old params files mean the same.
+    """
 
     hflip: float = 0.5  # probability of a horizontal flip
     rotation_deg: float = 10.0  # uniform in [-deg, +deg]
     brightness: float = 0.2  # multiply by uniform in [1-b, 1+b]
     contrast: float = 0.2  # scale around the image mean by uniform in [1-c, 1+c]
+    crop_scale: float = 1.0  # random resized crop: area fraction uniform in [s, 1]; 1 = off
+    gamma: float = 0.0  # x ** g with log g uniform in [-log(1+gamma), log(1+gamma)]
+    noise: float = 0.0  # additive Gaussian noise, std uniform in [0, noise]
 
 
 def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
@@ -54,18 +60,38 @@ def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.
 
     flip = torch.rand(n, generator=generator) < aug.hflip
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
-    if aug.rotation_deg > 0:
+    if aug.rotation_deg > 0 or aug.crop_scale < 1:
         angle = uniform(-aug.rotation_deg, aug.rotation_deg) * math.pi / 180
-        cos, sin, zero = torch.cos(angle), torch.sin(angle), torch.zeros(n)
+        # Crop width and height as fractions of the image (aspect ratio in [3/4, 4/3]) and a
+        # random centre that keeps the crop inside; the grid maps output to input coordinates.
+        area = uniform(aug.crop_scale, 1.0)
+        log_ratio = uniform(math.log(3 / 4), math.log(4 / 3)) if aug.crop_scale < 1 else 0 * area
+        ratio = torch.exp(log_ratio)
+        width = torch.sqrt(area * ratio).clamp(max=1.0)
+        height = torch.sqrt(area / ratio).clamp(max=1.0)
+        shift_x = uniform(-1.0, 1.0) * (1 - width)
+        shift_y = uniform(-1.0, 1.0) * (1 - height)
+        cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack(
-            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
+            [
+                torch.stack([cos * width, -sin * height, shift_x], 1),
+                torch.stack([sin * width, cos * height, shift_y], 1),
+            ],
+            1,
         )
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     brightness = uniform(1 - aug.brightness, 1 + aug.brightness).view(n, 1, 1, 1)
     contrast = uniform(1 - aug.contrast, 1 + aug.contrast).view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean).mul(brightness).clamp(0, 1)
+    x = ((x - mean) * contrast + mean).mul(brightness).clamp(0, 1)
+    if aug.gamma > 0:
+        limit = math.log(1 + aug.gamma)
+        x = x.clamp_min(1e-6).pow(torch.exp(uniform(-limit, limit)).view(n, 1, 1, 1))
+    if aug.noise > 0:
+        sigma = uniform(0.0, aug.noise).view(n, 1, 1, 1)
+        x = (x + sigma * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+    return x
 
 
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
@@ -76,6 +102,26 @@ def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
         raise ValueError(f"train.class_weighting must be 'balanced' or 'none', got {mode!r}")
     counts = np.bincount(labels, minlength=len(config.LABELS)).astype(np.float64)
     return torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, kind: str, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``constant``, or ``cosine``: a linear warm-up over the first 5% of the planned steps, then
+    cosine decay to zero at the last planned step (stepped once per batch)."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if kind != "cosine":
+        raise ValueError(f"train.schedule must be 'constant' or 'cosine', got {kind!r}")
+    warmup = max(1, int(0.05 * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -98,7 +144,9 @@ def train(
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
     weight = class_weights(train_split.labels, params["class_weighting"])
-    criterion = nn.CrossEntropyLoss(weight=weight)
+    criterion = nn.CrossEntropyLoss(
+        weight=weight, label_smoothing=float(params.get("label_smoothing", 0.0))
+    )
     aug = Augment(**params.get("augment", {}))
     precision = params.get("precision", "fp32")
     if precision not in ("fp32", "bf16"):
@@ -106,10 +154,13 @@ def train(
     batch_size = int(params["batch_size"])
     images = torch.from_numpy(train_split.images)
     labels = torch.from_numpy(train_split.labels)
+    epochs = int(params["epochs"])
+    steps_per_epoch = math.ceil(len(images) / batch_size)
+    scheduler = lr_schedule(optimizer, params.get("schedule", "constant"), epochs * steps_per_epoch)
 
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = math.inf, None, 0
-    for epoch in range(1, int(params["epochs"]) + 1):
+    for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(images), generator=generator)
@@ -133,6 +184,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
@@ -196,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     train_split, val_split = load_split("train"), load_split("val")
     try:
         torch.manual_seed(int(params["seed"]))  # the head's init, before train() reseeds
-        model = build_model(str(params["weights"]))  # before MLflow opens a run for nothing
+        # before MLflow opens a run for nothing
+        model = build_model(str(params["weights"]), str(params.get("input_norm", "fixed")))
     except WeightsUnavailableError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ import torch
 from torchvision.models import resnet18
 
 from pneumonia.model import WeightsUnavailableError, build_model, to_input
-from pneumonia.train import Augment, augment, class_weights
+from pneumonia.train import Augment, augment, class_weights, lr_schedule
 
 
 def test_augment_keeps_shape_and_range_and_changes_pixels():
@@ -35,6 +35,73 @@ def test_always_flip_mirrors_the_image():
     x = torch.rand(2, 1, 8, 8)
     flip = Augment(hflip=1.0, rotation_deg=0.0, brightness=0.0, contrast=0.0)
     assert torch.allclose(augment(x, flip, torch.Generator()), x.flip(-1), atol=1e-6)
+
+
+def test_crop_with_full_scale_and_no_rotation_changes_nothing_geometric():
+    x = torch.rand(3, 1, 16, 16)
+    off = Augment(hflip=0.0, rotation_deg=0.0, brightness=0.0, contrast=0.0, crop_scale=1.0)
+    assert torch.allclose(augment(x, off, torch.Generator().manual_seed(1)), x, atol=1e-6)
+
+
+def test_random_resized_crop_zooms_in():
+    # A bright frame around a dark centre: crops keep the centre's share or more and lose frame,
+    # so the mean intensity drops.
+    x = torch.ones(16, 1, 32, 32)
+    x[:, :, 8:24, 8:24] = 0.0
+    crop = Augment(hflip=0.0, rotation_deg=0.0, brightness=0.0, contrast=0.0, crop_scale=0.25)
+    zoomed = augment(x, crop, torch.Generator().manual_seed(0))
+    assert zoomed.shape == x.shape
+    assert float(zoomed.mean()) < float(x.mean()) - 0.1
+
+
+def test_gamma_and_noise_change_pixels_within_range():
+    x = torch.full((8, 1, 16, 16), 0.5)
+    gamma = Augment(hflip=0, rotation_deg=0, brightness=0, contrast=0, gamma=0.5)
+    y = augment(x, gamma, torch.Generator().manual_seed(0))
+    per_image = y.view(8, -1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image))  # uniform per image
+    assert float(per_image[:, 0].std()) > 0.01  # but a different gamma per image
+    noisy = augment(x, Augment(0, 0, 0, 0, noise=0.1), torch.Generator().manual_seed(0))
+    assert float(noisy.min()) >= 0 and float(noisy.max()) <= 1
+    assert float((noisy - x).std()) > 0.01
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = lr_schedule(optimizer, "cosine", total_steps=100)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] < rates[4] == pytest.approx(1.0)  # 5 warm-up steps
+    assert all(a >= b for a, b in zip(rates[5:], rates[6:], strict=False))
+    assert rates[-1] < 0.01
+    with pytest.raises(ValueError, match="train.schedule"):
+        lr_schedule(optimizer, "step", 10)
+
+
+def test_per_image_input_norm_ignores_exposure():
+    torch.manual_seed(0)
+    model = build_model("none", "per_image").eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        same = model(x), model(x * 0.5 + 0.2)  # darker, lower contrast: same after standardising
+        plain = build_model("none", "fixed").eval()
+        plain.load_state_dict(model.state_dict())  # same weights, no standardisation
+        differs = plain(x), plain(x * 0.5 + 0.2)
+    assert torch.allclose(same[0], same[1], atol=1e-4)
+    assert not torch.allclose(differs[0], differs[1], atol=1e-3)
+    with pytest.raises(ValueError, match="input_norm"):
+        build_model("none", "clahe")
+
+
+def test_checkpoint_keeps_the_input_norm(tmp_path):
+    from pneumonia.model import load_checkpoint, save_checkpoint
+
+    save_checkpoint(build_model("none", "per_image"), tmp_path / "m.pt", 64, "none")
+    model, size = load_checkpoint(tmp_path / "m.pt")
+    assert model.input_norm == "per_image" and size == 64
 
 
 def test_balanced_class_weights_equalise_the_classes():
@@ -99,7 +166,8 @@ def test_train_runs_in_both_precisions_and_restores_the_best_epoch(precision, sm
     splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
     params = {
         "seed": 0, "lr": 0.001, "batch_size": 8, "epochs": 2, "class_weighting": "balanced",
-        "early_stopping_patience": 3, "precision": precision, "augment": {},
+        "early_stopping_patience": 3, "precision": precision, "label_smoothing": 0.1,
+        "schedule": "cosine", "augment": {"crop_scale": 0.7, "gamma": 0.3, "noise": 0.03},
     }  # fmt: skip
     model, history = train(build_model("none"), splits["train"], splits["val"], params)
     assert [r["epoch"] for r in history] == [1, 2]
