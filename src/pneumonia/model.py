@@ -14,7 +14,6 @@ from torchvision.models.resnet import BasicBlock
 from pneumonia.config import LABELS, NORM_MEAN, NORM_STD, POSITIVE_LABEL
 from pneumonia.predict import softmax
 
-
 INPUT_NORMS = ("fixed", "per_image")
 
 
