@@ -5,6 +5,10 @@ DJANGO_DEBUG       1 for local development only (never in production)
 ALLOWED_HOSTS      comma-separated host names (default: localhost only)
 DATABASE_URL       PostgreSQL in production; SQLite file in django_app/ by default
 MODEL_DIR          the exported bundle (model.onnx + model.json)
+FEEDBACK_STORAGE   where consented feedback images go: s3://bucket/prefix (credentials and
+                   endpoint from the usual AWS_* variables) or a local folder (the default,
+                   django_app/feedback_images; not for Heroku, whose disk is wiped on restart)
+DJANGO_BEHIND_PROXY 1 on Heroku: take the client address from X-Forwarded-For (login throttle)
 """
 
 import os
@@ -44,7 +48,11 @@ _packaged, _pipeline = BASE_DIR / "model", BASE_DIR.parent / "models" / "bundle"
 MODEL_DIR = Path(os.environ.get("MODEL_DIR") or (_packaged if _packaged.is_dir() else _pipeline))
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django.contrib.staticfiles",
     "diagnosis",
 ]
@@ -53,10 +61,35 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "diagnosis.middleware.ContentSecurityPolicyMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# Accounts: staff create clinicians (admin, or `manage.py add_clinician`); no self sign-up.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "upload"
+LOGOUT_REDIRECT_URL = "upload"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+     "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]  # fmt: skip
+SESSION_COOKIE_AGE = 8 * 3600  # a working shift
+LOGIN_FAILURE_LIMIT = 5  # failed sign-ins per user name, and per client address, ...
+LOGIN_LOCKOUT_SECONDS = 15 * 60  # ... within this window lock further attempts for its rest
+BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY")
+
+# Feedback: the metadata-free display copy of each upload (at most 512 px) is held in the
+# cache this long so that its clinician can consent to keep it; then it is gone.
+FEEDBACK_HOLD_SECONDS = 30 * 60
+FEEDBACK_STORAGE = os.environ.get("FEEDBACK_STORAGE") or str(BASE_DIR / "feedback_images")
+HISTORY_PAGE_SIZE = 25
 
 ROOT_URLCONF = "xrayweb.urls"
 WSGI_APPLICATION = "xrayweb.wsgi.application"
@@ -69,6 +102,8 @@ TEMPLATES = [
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
                 "diagnosis.inference.model_context",
             ]
         },
@@ -81,14 +116,14 @@ DATABASES = {
     )
 }
 
-# Heat maps behind the API's links live a short while in the database cache (shared by every
-# gunicorn worker), never on disk as files.
+# Heat maps behind the API's links, images held for feedback and failed-login counters live a
+# short while in the database cache (shared by every gunicorn worker), never on disk as files.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",
         "LOCATION": "heatmap_cache",
         "TIMEOUT": 15 * 60,
-        "OPTIONS": {"MAX_ENTRIES": 2000},
+        "OPTIONS": {"MAX_ENTRIES": 5000},
     }
 }
 

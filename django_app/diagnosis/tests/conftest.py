@@ -47,3 +47,51 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
+
+
+PASSWORD = "Ch3st-xray-check!"
+
+
+@pytest.fixture
+def make_user(db):
+    from django.contrib.auth import get_user_model
+
+    def make(username: str, staff: bool = False):
+        return get_user_model().objects.create_user(username=username, password=PASSWORD,
+                                                    is_staff=staff)  # fmt: skip
+
+    return make
+
+
+@pytest.fixture
+def clinician(make_user):
+    return make_user("dr_ada")
+
+
+@pytest.fixture
+def other_clinician(make_user):
+    return make_user("dr_bob")
+
+
+@pytest.fixture
+def staff(make_user):
+    return make_user("head_nurse", staff=True)
+
+
+def logged_in(user):
+    """A test client with a session for ``user`` and a fresh API token as its bearer."""
+    from django.test import Client
+
+    from diagnosis.models import ApiToken
+
+    _, raw = ApiToken.issue(user, "tests")
+    client = Client(headers={"Authorization": f"Bearer {raw}"})
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def feedback_storage(settings, tmp_path):
+    """Consented images go to a fresh folder per test."""
+    settings.FEEDBACK_STORAGE = str(tmp_path / "feedback-images")
+    return tmp_path / "feedback-images"

@@ -23,6 +23,7 @@ def production_env(**extra: str) -> dict[str, str]:
         ALLOWED_HOSTS="pneumonia-xray.herokuapp.com",
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
         PYTHONPATH=str(APP),
+        FEEDBACK_STORAGE="s3://feedback-bucket/images",
     )
     env.update(extra)
     return env
@@ -38,6 +39,13 @@ def test_check_deploy_is_clean_with_production_settings():
     result = manage("check", "--deploy", "--fail-level", "WARNING", env=production_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+def test_check_deploy_warns_when_feedback_images_would_stay_on_the_dyno():
+    result = manage("check", "--deploy", "--fail-level", "WARNING",
+                    env=production_env(FEEDBACK_STORAGE="/app/feedback"))  # fmt: skip
+    assert result.returncode != 0 and "diagnosis.W001" in result.stderr + result.stdout
+    assert "FEEDBACK_STORAGE=s3://" in result.stderr + result.stdout
 
 
 def test_missing_secret_key_is_a_clear_error():
@@ -57,8 +65,9 @@ def test_debug_mode_runs_without_a_secret_and_production_never_shows_debug_pages
     assert result.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_form_posts_need_the_csrf_token(samples):
+def test_form_posts_need_the_csrf_token(samples, clinician):
     strict = Client(enforce_csrf_checks=True)
+    strict.force_login(clinician)
     with open(samples[0], "rb") as f:
         response = strict.post("/", {"image": f})
     assert response.status_code == 403

@@ -17,6 +17,14 @@ from diagnosis.tests.conftest import encode
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture
+def client(clinician):
+    """Signed in, and carrying the clinician's API token: pages and API both answer."""
+    from diagnosis.tests.conftest import logged_in
+
+    return logged_in(clinician)
+
+
 def upload(name: str, data: bytes, content_type: str = "image/jpeg") -> SimpleUploadedFile:
     return SimpleUploadedFile(name, data, content_type=content_type)
 
@@ -142,8 +150,8 @@ def test_api_returns_the_prediction_and_a_working_heatmap_link(client, samples):
 
 
 def test_api_errors_are_json(client):
-    assert client.get("/api/v1/predictions").status_code == 405
-    assert client.get("/api/v1/predictions").json()["error"]["code"] == "method_not_allowed"
+    assert client.put("/api/v1/predictions").status_code == 405
+    assert client.put("/api/v1/predictions").json()["error"]["code"] == "method_not_allowed"
     missing = client.post("/api/v1/predictions", {})
     assert missing.status_code == 400 and missing.json()["error"]["code"] == "no_file"
     unknown = client.get("/api/v1/nothing-here")

@@ -1,0 +1,117 @@
+"""Staff tools: users (with API tokens), predictions, feedback and its export, past exports."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.http import HttpResponse
+
+from diagnosis.export import export_to_zip
+from diagnosis.models import ApiToken, DatasetExport, Feedback, Prediction
+from diagnosis.storage import StorageUnavailable
+
+admin.site.site_header = "Pneumonia X-ray check: staff"
+
+
+class StaffRole:
+    """In this app "staff" is a role, not a set of per-model permissions: every staff member
+    may view these records and run their actions; only superusers delete."""
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+
+class ReadOnly(StaffRole, admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Prediction)
+class PredictionAdmin(ReadOnly):
+    list_display = ("id", "created_at", "user", "label", "probability", "model_version", "source")
+    list_filter = ("label", "source", "model_version", "created_at")
+    search_fields = ("user__username", "image_sha256")
+    date_hierarchy = "created_at"
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(ReadOnly):
+    list_display = ("prediction", "created_at", "true_label", "consent", "exported_in")
+    list_filter = ("true_label", "consent", ("exported_in", admin.EmptyFieldListFilter))
+    actions = ["export_consented"]
+
+    @admin.action(description="Export the consented images among these (zip for ingest)")
+    def export_consented(self, request, queryset):
+        if not request.user.is_staff:  # the admin only lets staff in; belt and braces
+            return None
+        try:
+            export, archive = export_to_zip(request.user.get_username(), queryset)
+        except StorageUnavailable as exc:
+            self.message_user(request, f"Nothing exported: {exc}", messages.ERROR)
+            return None
+        if export is None:
+            self.message_user(request, "Nothing to export: no consented images among these "
+                              "that were not exported before.", messages.WARNING)  # fmt: skip
+            return None
+        response = HttpResponse(archive, content_type="application/zip")
+        response["Content-Disposition"] = f'attachment; filename="{export.name}.zip"'
+        return response
+
+
+@admin.register(DatasetExport)
+class DatasetExportAdmin(ReadOnly):
+    list_display = ("name", "created_at", "created_by", "image_count")
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(ReadOnly):
+    list_display = ("name", "user", "hint", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    exclude = ("key_hash",)
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        for token in queryset:
+            token.revoke()
+        self.message_user(request, f"Revoked {queryset.count()} tokens.")
+
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class ClinicianAdmin(StaffRole, UserAdmin):
+    """Staff create and edit clinicians' accounts; only superusers hand out superuser rights."""
+
+    actions = ["issue_token"]
+
+    def has_add_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        if request.user.is_superuser:
+            return fields
+        return (*fields, "is_superuser", "groups", "user_permissions")
+
+    @admin.action(description="Issue an API token (shown once)")
+    def issue_token(self, request, queryset):
+        for user in queryset:
+            _, raw = ApiToken.issue(user, f"issued by {request.user.get_username()}")
+            self.message_user(request, f"Token for {user.get_username()} (copy it now, it is not "
+                              f"shown again): {raw}")  # fmt: skip

@@ -1,0 +1,119 @@
+"""What the app stores: predictions (never the image), clinicians' feedback, API tokens and the
+record of each export of consented images to the training dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+LABEL_CHOICES = [("NORMAL", "NORMAL"), ("PNEUMONIA", "PNEUMONIA")]
+
+
+class Prediction(models.Model):
+    """One prediction: who asked, when, which model said what about which image (by hash)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                             related_name="predictions")  # fmt: skip
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    source = models.CharField(max_length=8, choices=[("web", "web"), ("api", "api")])
+    model_version = models.CharField(max_length=64)
+    model_sha256 = models.CharField(max_length=64)
+    label = models.CharField(max_length=16, choices=LABEL_CHOICES)
+    probability = models.FloatField(help_text="of PNEUMONIA, as the model reported it")
+    threshold = models.FloatField()
+    image_sha256 = models.CharField(max_length=64, db_index=True,
+                                    help_text="sha256 of the uploaded file's bytes")  # fmt: skip
+    image_width = models.PositiveIntegerField()
+    image_height = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.label} {self.probability:.3f} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
+class DatasetExport(models.Model):
+    """One run of the export: the folder name it wrote and how many images it held."""
+
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=150, help_text="user name, or 'command'")
+    name = models.CharField(max_length=100, unique=True)
+    image_count = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.image_count} images)"
+
+
+class Feedback(models.Model):
+    """A clinician's verdict on their own prediction; at most one per prediction."""
+
+    prediction = models.OneToOneField(Prediction, on_delete=models.CASCADE,
+                                      related_name="feedback")  # fmt: skip
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    true_label = models.CharField(max_length=16, choices=LABEL_CHOICES)
+    consent = models.BooleanField(help_text="the image may be kept and used for retraining")
+    image_name = models.CharField(max_length=80, blank=True, default="",
+                                  help_text="stored image (content hash), only with consent")  # fmt: skip
+    exported_in = models.ForeignKey(DatasetExport, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="feedback")  # fmt: skip
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def agrees(self) -> bool:
+        return self.true_label == self.prediction.label
+
+    def __str__(self) -> str:
+        return f"feedback on #{self.prediction_id}: {self.true_label}"
+
+
+def hash_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A personal API token. Only its sha256 is stored; the token is shown once at creation."""
+
+    PREFIX = "xr_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="api_tokens")  # fmt: skip
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(max_length=12, help_text="first characters, to recognise it")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @classmethod
+    def issue(cls, user, name: str) -> tuple[ApiToken, str]:
+        """Create a token for ``user``; returns it and the raw secret (not stored anywhere)."""
+        raw = cls.PREFIX + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name[:100] or "token",
+                                   key_hash=hash_token(raw), hint=raw[:10])  # fmt: skip
+        return token, raw
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}...)"

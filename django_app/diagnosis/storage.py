@@ -1,0 +1,105 @@
+"""Where consented feedback images are kept: S3 (production) or a local folder (default).
+
+Images arrive here already free of metadata (re-encoded from pixels by ``clean_png``) and are
+named by the sha256 of their content, so a stored name says nothing about the patient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from PIL import Image
+
+
+class StorageUnavailable(RuntimeError):
+    """The image store cannot be written or read; the message says what to check."""
+
+
+def clean_png(image: Image.Image) -> bytes:
+    """PNG of the pixels only: a new image from the pixel array carries no EXIF, no DICOM
+    tags, no text chunks, nothing but grayscale values."""
+    pixels = np.asarray(image.convert("L"), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def content_name(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest() + ".png"
+
+
+class LocalImageStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write atomically: a reader never sees half an image."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, staged = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(staged, self.root / name)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot write to {self.root}: {exc.strerror}") from None
+
+    def get(self, name: str) -> bytes:
+        try:
+            return (self.root / name).read_bytes()
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot read {name} from {self.root}: {exc}") from None
+
+
+class S3ImageStore:
+    def __init__(self, bucket: str, prefix: str):
+        import boto3
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        # boto3 reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION and
+        # AWS_ENDPOINT_URL (S3-compatible stores) from the environment.
+        self.client = boto3.client("s3")
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def put(self, name: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
+                                   ContentType="image/png")  # fmt: skip
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"cannot write to {self}: {exc}") from None
+
+    def get(self, name: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"cannot read {name} from {self}: {exc}") from None
+
+
+def image_store() -> LocalImageStore | S3ImageStore:
+    """The store named by ``settings.FEEDBACK_STORAGE``."""
+    location = str(settings.FEEDBACK_STORAGE)
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://") :].partition("/")
+        if not bucket:
+            raise StorageUnavailable(f"FEEDBACK_STORAGE={location!r} names no bucket")
+        return S3ImageStore(bucket, prefix)
+    return LocalImageStore(Path(location))

@@ -1,0 +1,180 @@
+"""Accounts: sign-in (throttled), sign-out, password rules, API tokens, add_clinician."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from diagnosis.models import ApiToken
+from diagnosis.tests.conftest import PASSWORD, logged_in
+
+pytestmark = pytest.mark.django_db
+
+
+def sign_in(client: Client, username: str, password: str, **extra):
+    return client.post("/account/login", {"username": username, "password": password}, **extra)
+
+
+def test_sign_in_and_out(clinician):
+    client = Client()
+    page = client.get("/account/login")
+    assert page.status_code == 200 and 'autocomplete="current-password"' in page.content.decode()
+    response = sign_in(client, "dr_ada", PASSWORD)
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert 'id="upload-form"' in client.get("/").content.decode()
+    assert client.post("/account/logout").status_code == 302
+    assert 'id="upload-form"' not in client.get("/").content.decode()
+    assert client.get("/history")["Location"].startswith("/account/login")
+
+
+def test_wrong_password_is_refused_without_saying_which_part_was_wrong(clinician):
+    response = sign_in(Client(), "dr_ada", "not-the-password")
+    html = response.content.decode()
+    assert response.status_code == 200 and 'id="login-error"' in html
+    assert "do not match" in html
+    unknown = sign_in(Client(), "nobody", "whatever-password").content.decode()
+    assert 'id="login-error"' in unknown  # the same answer for an unknown user
+
+
+def test_failed_sign_ins_are_throttled_per_user_name(clinician, settings):
+    settings.LOGIN_FAILURE_LIMIT = 3
+    for i in range(3):  # from different addresses: the user name counter still fills
+        sign_in(Client(), "dr_ada", "wrong", REMOTE_ADDR=f"10.0.0.{i}")
+    locked = sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="10.0.0.99")
+    assert locked.status_code == 429 and 'id="login-locked"' in locked.content.decode()
+    assert "_auth_user_id" not in locked.wsgi_request.session  # even the right password waits
+    assert sign_in(Client(), "DR_ADA", PASSWORD, REMOTE_ADDR="10.0.0.98").status_code == 429
+
+
+def test_failed_sign_ins_are_throttled_per_address(clinician, other_clinician, settings):
+    settings.LOGIN_FAILURE_LIMIT = 3
+    for name in ("x1", "x2", "x3"):  # guessing several user names from one address
+        sign_in(Client(), name, "wrong", REMOTE_ADDR="10.1.1.1")
+    assert sign_in(Client(), "dr_bob", PASSWORD, REMOTE_ADDR="10.1.1.1").status_code == 429
+    assert sign_in(Client(), "dr_bob", PASSWORD, REMOTE_ADDR="10.1.1.2").status_code == 302
+
+
+def test_behind_the_proxy_the_forwarded_address_counts(clinician, settings):
+    settings.LOGIN_FAILURE_LIMIT, settings.BEHIND_PROXY = 2, True
+    for name in ("x1", "x2"):
+        sign_in(Client(), name, "wrong", HTTP_X_FORWARDED_FOR="203.0.113.7")
+    blocked = sign_in(Client(), "dr_ada", PASSWORD, HTTP_X_FORWARDED_FOR="203.0.113.7")
+    assert blocked.status_code == 429
+    assert (
+        sign_in(Client(), "dr_ada", PASSWORD, HTTP_X_FORWARDED_FOR="203.0.113.8").status_code == 302
+    )
+
+
+def test_the_lock_ends_with_its_window(clinician, settings):
+    from django.core.cache import cache
+
+    settings.LOGIN_FAILURE_LIMIT = 2
+    for _ in range(2):
+        sign_in(Client(), "dr_ada", "wrong")
+    assert sign_in(Client(), "dr_ada", PASSWORD).status_code == 429
+    cache.delete_many(["login-fail:user:dr_ada", "login-fail:ip:127.0.0.1"])  # window over
+    assert sign_in(Client(), "dr_ada", PASSWORD).status_code == 302
+
+
+def test_password_change_applies_djangos_validators(clinician):
+    client = Client()
+    client.force_login(clinician)
+    weak = client.post("/account/password", {"old_password": PASSWORD,
+                       "new_password1": "12345678", "new_password2": "12345678"})  # fmt: skip
+    html = weak.content.decode()
+    assert weak.status_code == 200 and "too short" in html and "too common" in html
+    ok = client.post("/account/password", {"old_password": PASSWORD,
+                     "new_password1": "Another-Str0ng-one", "new_password2": "Another-Str0ng-one"})  # fmt: skip
+    assert ok.status_code == 302
+    clinician.refresh_from_db()
+    assert clinician.check_password("Another-Str0ng-one")
+
+
+def test_add_clinician_command_validates_the_password_and_can_issue_a_token(monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("password\n"))
+    with pytest.raises(CommandError, match="Password refused: .*too common"):
+        call_command("add_clinician", "dr_eve", "--password-stdin")
+    assert not get_user_model().objects.filter(username="dr_eve").exists()
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Sturdy-Passw0rd-42\n"))
+    out = io.StringIO()
+    call_command("add_clinician", "dr_eve", "--password-stdin", "--staff",
+                 "--api-token", "pacs", stdout=out)  # fmt: skip
+    user = get_user_model().objects.get(username="dr_eve")
+    assert user.is_staff and user.check_password("Sturdy-Passw0rd-42")
+    raw = out.getvalue().split("store it now): ")[1].strip()
+    response = Client(headers={"Authorization": f"Bearer {raw}"}).get("/api/v1/predictions")
+    assert response.status_code == 200 and response.json()["count"] == 0
+    with pytest.raises(CommandError, match="exists already"):
+        call_command("add_clinician", "dr_eve", "--password-stdin")
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Bearer xr_not-a-real-token", "Token abc",
+                                    "Basic ZHJfYWRhOkNoM3N0"])  # fmt: skip
+def test_api_without_a_valid_token_gets_401_json(clinician, header):
+    headers = {"Authorization": header} if header else {}
+    client = Client(headers=headers)
+    client.force_login(clinician)  # a browser session is not an API credential
+    for method, path in (("get", "/api/v1/predictions"), ("post", "/api/v1/predictions"),
+                         ("get", "/api/v1/predictions/1"),
+                         ("post", "/api/v1/predictions/1/feedback")):  # fmt: skip
+        response = getattr(client, method)(path)
+        assert response.status_code == 401, (method, path)
+        assert response.json()["error"]["code"] == "unauthorized"
+        assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_tokens_are_created_once_shown_and_revoked_by_their_user(clinician, other_clinician):
+    client = Client()
+    client.force_login(clinician)
+    page = client.post("/account/tokens", {"action": "create", "name": "PACS bridge"})
+    html = page.content.decode()
+    raw = html.split('id="new-token">')[1].split("<")[0]
+    token = ApiToken.objects.get(user=clinician)
+    assert raw.startswith("xr_") and token.key_hash != raw and raw not in token.hint * 2
+    assert raw not in client.get("/account/tokens").content.decode()  # shown once only
+    api = Client(headers={"Authorization": f"Bearer {raw}"})
+    assert api.get("/api/v1/predictions").status_code == 200
+    token.refresh_from_db()
+    assert token.last_used_at is not None
+
+    other = Client()
+    other.force_login(other_clinician)  # cannot revoke someone else's token
+    assert other.post("/account/tokens", {"action": "revoke", "id": token.pk}).status_code == 404
+    assert api.get("/api/v1/predictions").status_code == 200
+
+    client.post("/account/tokens", {"action": "revoke", "id": token.pk})
+    assert api.get("/api/v1/predictions").status_code == 401
+
+
+def test_staff_revoke_and_issue_tokens_in_the_admin(clinician, staff):
+    admin = Client()
+    admin.force_login(staff)
+    _, raw = ApiToken.issue(clinician, "laptop")
+    token = ApiToken.objects.get(user=clinician)
+    response = admin.post("/admin/diagnosis/apitoken/", {
+        "action": "revoke", "_selected_action": [token.pk]})  # fmt: skip
+    assert response.status_code == 302
+    assert (
+        Client(headers={"Authorization": f"Bearer {raw}"}).get("/api/v1/predictions").status_code
+        == 401
+    )
+    page = admin.post("/admin/auth/user/", {"action": "issue_token",
+                      "_selected_action": [clinician.pk]}, follow=True)  # fmt: skip
+    issued = page.content.decode().split("shown again): ")[1].split("<")[0].strip()
+    assert (
+        Client(headers={"Authorization": f"Bearer {issued}"}).get("/api/v1/predictions").status_code
+        == 200
+    )
+
+
+def test_deactivated_users_tokens_stop_working(clinician):
+    client = logged_in(clinician)
+    assert client.get("/api/v1/predictions").status_code == 200
+    clinician.is_active = False
+    clinician.save()
+    assert client.get("/api/v1/predictions").status_code == 401
