@@ -60,8 +60,11 @@ class FeedbackAdmin(ReadOnly):
             self.message_user(request, f"Nothing exported: {exc}", messages.ERROR)
             return None
         if export is None:
-            self.message_user(request, "Nothing to export: no consented images among these "
-                              "that were not exported before.", messages.WARNING)  # fmt: skip
+            self.message_user(
+                request,
+                "Nothing to export: no consented images among these that were not exported before.",
+                messages.WARNING,
+            )
             return None
         response = HttpResponse(archive, content_type="application/zip")
         response["Content-Disposition"] = f'attachment; filename="{export.name}.zip"'
@@ -113,5 +116,7 @@ class ClinicianAdmin(StaffRole, UserAdmin):
     def issue_token(self, request, queryset):
         for user in queryset:
             _, raw = ApiToken.issue(user, f"issued by {request.user.get_username()}")
-            self.message_user(request, f"Token for {user.get_username()} (copy it now, it is not "
-                              f"shown again): {raw}")  # fmt: skip
+            self.message_user(
+                request,
+                f"Token for {user.get_username()} (copy it now, it is not shown again): {raw}",
+            )

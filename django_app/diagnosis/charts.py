@@ -22,16 +22,24 @@ def _frame(title: str, y_max: float, y_format: str, body: list[str], x_labels) -
     for i in range(5):  # horizontal grid lines with their values
         value = y_max * i / 4
         y = TOP + inner_h * (1 - i / 4)
-        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
-                     'stroke="#ddd" stroke-width="1"/>')  # fmt: skip
-        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
-                     f'fill="#555">{format(value, y_format)}</text>')  # fmt: skip
+        parts.append(
+            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
+            'stroke="#ddd" stroke-width="1"/>'
+        )
+        parts.append(
+            f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" font-size="11" '
+            f'fill="#555">{format(value, y_format)}</text>'
+        )
     parts.extend(body)
     for x, label in x_labels:
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" '
-                     f'font-size="11" fill="#555">{escape(label)}</text>')  # fmt: skip
-    parts.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + inner_h}" '
-                 f'y2="{TOP + inner_h}" stroke="#888" stroke-width="1"/></svg>')  # fmt: skip
+        parts.append(
+            f'<text x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" '
+            f'font-size="11" fill="#555">{escape(label)}</text>'
+        )
+    parts.append(
+        f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + inner_h}" '
+        f'y2="{TOP + inner_h}" stroke="#888" stroke-width="1"/></svg>'
+    )
     del inner_w
     return mark_safe("".join(parts))  # every text in it went through escape()
 
@@ -40,8 +48,13 @@ def _label_every(n: int) -> int:
     return max(1, -(-n // 8))  # at most about 8 axis labels
 
 
-def bar_chart(title: str, labels: Sequence[str], values: Sequence[float],
-              y_format: str = ".0f", y_max: float | None = None) -> SafeString:  # fmt: skip
+def bar_chart(
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float],
+    y_format: str = ".0f",
+    y_max: float | None = None,
+) -> SafeString:
     """Vertical bars, one per label; each bar's value in its tooltip."""
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     top = y_max if y_max is not None else max([*values, 1])
@@ -50,16 +63,23 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float],
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         h = inner_h * (value / top if top else 0)
         x = LEFT + i * slot
-        body.append(f'<rect x="{x + slot * 0.1:.1f}" y="{TOP + inner_h - h:.1f}" '
-                    f'width="{slot * 0.8:.1f}" height="{h:.1f}" fill="{COLOUR}">'
-                    f'<title>{escape(label)}: {format(value, y_format)}</title></rect>')  # fmt: skip
+        body.append(
+            f'<rect x="{x + slot * 0.1:.1f}" y="{TOP + inner_h - h:.1f}" '
+            f'width="{slot * 0.8:.1f}" height="{h:.1f}" fill="{COLOUR}">'
+            f"<title>{escape(label)}: {format(value, y_format)}</title></rect>"
+        )
         if i % every == 0:
             x_labels.append((x + slot / 2, label))
     return _frame(title, top, y_format, body, x_labels)
 
 
-def line_chart(title: str, labels: Sequence[str], values: Sequence[float | None],
-               y_format: str = ".0%", y_max: float = 1.0) -> SafeString:  # fmt: skip
+def line_chart(
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float | None],
+    y_format: str = ".0%",
+    y_max: float = 1.0,
+) -> SafeString:
     """A line through the points that have a value (None: no data that day), with markers."""
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = inner_w / max(len(values), 1)
@@ -73,9 +93,14 @@ def line_chart(title: str, labels: Sequence[str], values: Sequence[float | None]
             continue
         y = TOP + inner_h * (1 - value / y_max)
         points.append(f"{x:.1f},{y:.1f}")
-        body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{COLOUR}">'
-                    f'<title>{escape(label)}: {format(value, y_format)}</title></circle>')  # fmt: skip
+        body.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{COLOUR}">'
+            f"<title>{escape(label)}: {format(value, y_format)}</title></circle>"
+        )
     if len(points) > 1:
-        body.insert(0, f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOUR}" '
-                    'stroke-width="2"/>')  # fmt: skip
+        body.insert(
+            0,
+            f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOUR}" '
+            'stroke-width="2"/>',
+        )
     return _frame(title, y_max, y_format, body, x_labels)

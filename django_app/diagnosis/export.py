@@ -79,8 +79,9 @@ def export_to_folder(out_dir: Path, created_by: str) -> tuple[DatasetExport | No
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        export = DatasetExport.objects.create(name=name, created_by=created_by,
-                                              image_count=len(pending))  # fmt: skip
+        export = DatasetExport.objects.create(
+            name=name, created_by=created_by, image_count=len(pending)
+        )
         Feedback.objects.filter(pk__in=[f.pk for f in pending]).update(exported_in=export)
     return export, final
 
@@ -97,7 +98,8 @@ def export_to_zip(created_by: str, queryset=None) -> tuple[DatasetExport | None,
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
             for feedback in pending:  # PNGs are compressed already
                 archive.writestr(f"{name}/{member_path(feedback)}", store.get(feedback.image_name))
-        export = DatasetExport.objects.create(name=name, created_by=created_by,
-                                              image_count=len(pending))  # fmt: skip
+        export = DatasetExport.objects.create(
+            name=name, created_by=created_by, image_count=len(pending)
+        )
         Feedback.objects.filter(pk__in=[f.pk for f in pending]).update(exported_in=export)
     return export, buffer.getvalue()

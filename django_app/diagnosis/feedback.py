@@ -81,9 +81,11 @@ def give_feedback(user, prediction_id, true_label, consent: bool) -> Feedback:
     try:
         with transaction.atomic():
             feedback = Feedback.objects.create(
-                prediction=prediction, true_label=true_label, consent=bool(consent),
+                prediction=prediction,
+                true_label=true_label,
+                consent=bool(consent),
                 image_name=content_name(png) if png else "",
-            )  # fmt: skip
+            )
             if png:  # inside the transaction: a failed upload records no consent
                 image_store().put(feedback.image_name, png)
     except IntegrityError:
@@ -92,8 +94,9 @@ def give_feedback(user, prediction_id, true_label, consent: bool) -> Feedback:
         ) from None
     except StorageUnavailable:
         raise FeedbackRefused(
-            503, "storage_unavailable",
+            503,
+            "storage_unavailable",
             "The image could not be stored right now; nothing was recorded. Try again shortly.",
-        ) from None  # fmt: skip
+        ) from None
     cache.delete(_held_key(prediction.pk))
     return feedback

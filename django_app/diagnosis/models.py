@@ -16,8 +16,9 @@ LABEL_CHOICES = [("NORMAL", "NORMAL"), ("PNEUMONIA", "PNEUMONIA")]
 class Prediction(models.Model):
     """One prediction: who asked, when, which model said what about which image (by hash)."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
-                             related_name="predictions")  # fmt: skip
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="predictions"
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     source = models.CharField(max_length=8, choices=[("web", "web"), ("api", "api")])
     model_version = models.CharField(max_length=64)
@@ -25,8 +26,9 @@ class Prediction(models.Model):
     label = models.CharField(max_length=16, choices=LABEL_CHOICES)
     probability = models.FloatField(help_text="of PNEUMONIA, as the model reported it")
     threshold = models.FloatField()
-    image_sha256 = models.CharField(max_length=64, db_index=True,
-                                    help_text="sha256 of the uploaded file's bytes")  # fmt: skip
+    image_sha256 = models.CharField(
+        max_length=64, db_index=True, help_text="sha256 of the uploaded file's bytes"
+    )
     image_width = models.PositiveIntegerField()
     image_height = models.PositiveIntegerField()
 
@@ -56,15 +58,19 @@ class DatasetExport(models.Model):
 class Feedback(models.Model):
     """A clinician's verdict on their own prediction; at most one per prediction."""
 
-    prediction = models.OneToOneField(Prediction, on_delete=models.CASCADE,
-                                      related_name="feedback")  # fmt: skip
+    prediction = models.OneToOneField(Prediction, on_delete=models.CASCADE, related_name="feedback")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     true_label = models.CharField(max_length=16, choices=LABEL_CHOICES)
     consent = models.BooleanField(help_text="the image may be kept and used for retraining")
-    image_name = models.CharField(max_length=80, blank=True, default="",
-                                  help_text="stored image (content hash), only with consent")  # fmt: skip
-    exported_in = models.ForeignKey(DatasetExport, null=True, blank=True,
-                                    on_delete=models.SET_NULL, related_name="feedback")  # fmt: skip
+    image_name = models.CharField(
+        max_length=80,
+        blank=True,
+        default="",
+        help_text="stored image (content hash), only with consent",
+    )
+    exported_in = models.ForeignKey(
+        DatasetExport, null=True, blank=True, on_delete=models.SET_NULL, related_name="feedback"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -86,8 +92,9 @@ class ApiToken(models.Model):
 
     PREFIX = "xr_"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="api_tokens")  # fmt: skip
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100)
     key_hash = models.CharField(max_length=64, unique=True)
     hint = models.CharField(max_length=12, help_text="first characters, to recognise it")
@@ -102,8 +109,9 @@ class ApiToken(models.Model):
     def issue(cls, user, name: str) -> tuple[ApiToken, str]:
         """Create a token for ``user``; returns it and the raw secret (not stored anywhere)."""
         raw = cls.PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name[:100] or "token",
-                                   key_hash=hash_token(raw), hint=raw[:10])  # fmt: skip
+        token = cls.objects.create(
+            user=user, name=name[:100] or "token", key_hash=hash_token(raw), hint=raw[:10]
+        )
         return token, raw
 
     @property

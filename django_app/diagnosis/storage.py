@@ -80,8 +80,9 @@ class S3ImageStore:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
-                                   ContentType="image/png")  # fmt: skip
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(name), Body=data, ContentType="image/png"
+            )
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"cannot write to {self}: {exc}") from None
 

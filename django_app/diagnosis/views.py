@@ -71,11 +71,17 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
         ) from None
     result = model.predict(gray)
     prediction = Prediction.objects.create(
-        user=request.user, source=source, model_version=model.version, model_sha256=model.sha256,
-        label=result.label, probability=result.probability, threshold=result.threshold,
-        image_sha256=hashlib.sha256(data).hexdigest(), image_width=gray.width,
+        user=request.user,
+        source=source,
+        model_version=model.version,
+        model_sha256=model.sha256,
+        label=result.label,
+        probability=result.probability,
+        threshold=result.threshold,
+        image_sha256=hashlib.sha256(data).hexdigest(),
+        image_width=gray.width,
         image_height=gray.height,
-    )  # fmt: skip
+    )
     hold_image(prediction, result.original_png)  # metadata-free, for consent within the hour
     # Log the outcome only: no file name, no image, nothing that could identify a patient.
     logger.info("prediction %s p=%.3f model=%s", result.label, result.probability, model.version)
@@ -151,10 +157,18 @@ def history(request: HttpRequest) -> HttpResponse:
     page = _page(request, queryset)
     query = request.GET.copy()
     query.pop("page", None)
-    return render(request, "diagnosis/history.html", {
-        "page": page, "filters": values, "error": error, "query": query.urlencode(),
-        "labels": [value for value, _ in LABEL_CHOICES],
-    }, status=400 if error else 200)  # fmt: skip
+    return render(
+        request,
+        "diagnosis/history.html",
+        {
+            "page": page,
+            "filters": values,
+            "error": error,
+            "query": query.urlencode(),
+            "labels": [value for value, _ in LABEL_CHOICES],
+        },
+        status=400 if error else 200,
+    )
 
 
 @login_required
@@ -164,10 +178,15 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
         prediction = find_prediction(request.user, pk)
     except FeedbackRefused:
         raise Http404("no such prediction") from None
-    return render(request, "diagnosis/prediction.html", {
-        "prediction": prediction, "labels": [value for value, _ in LABEL_CHOICES],
-        "hold_minutes": settings.FEEDBACK_HOLD_SECONDS // 60,
-    })  # fmt: skip
+    return render(
+        request,
+        "diagnosis/prediction.html",
+        {
+            "prediction": prediction,
+            "labels": [value for value, _ in LABEL_CHOICES],
+            "hold_minutes": settings.FEEDBACK_HOLD_SECONDS // 60,
+        },
+    )
 
 
 @login_required
@@ -184,10 +203,16 @@ def feedback(request: HttpRequest, pk: int) -> HttpResponse:
     except FeedbackRefused as exc:
         if exc.status == 404:
             raise Http404("no such prediction") from None
-        return render(request, "diagnosis/error.html", {
-            "title": "Feedback not recorded", "message": exc.message,
-            "back": reverse("prediction", args=[pk]),
-        }, status=exc.status)  # fmt: skip
+        return render(
+            request,
+            "diagnosis/error.html",
+            {
+                "title": "Feedback not recorded",
+                "message": exc.message,
+                "back": reverse("prediction", args=[pk]),
+            },
+            status=exc.status,
+        )
     messages.success(request, "Thank you: your feedback was recorded.")
     return redirect("prediction", pk=pk)
 
@@ -209,9 +234,14 @@ def tokens(request: HttpRequest) -> HttpResponse:
             return redirect("tokens")
         else:
             return render(request, "diagnosis/error.html", {"title": "Bad request"}, status=400)
-    return render(request, "diagnosis/tokens.html", {
-        "tokens": request.user.api_tokens.all(), "new_token": new_token,
-    })  # fmt: skip
+    return render(
+        request,
+        "diagnosis/tokens.html",
+        {
+            "tokens": request.user.api_tokens.all(),
+            "new_token": new_token,
+        },
+    )
 
 
 @login_required
@@ -227,17 +257,28 @@ def monitoring_page(request: HttpRequest) -> HttpResponse:
     labels = [d.strftime("%m-%d") for d in summary.days]
     bins = [f"{i / 10:.1f}" for i in range(10)]
     versions = [a.model_version for a in summary.agreement]
-    return render(request, "diagnosis/monitoring.html", {
-        "summary": summary, "days": days,
-        "volume_chart": bar_chart("Predictions per day", labels, summary.per_day),
-        "share_chart": line_chart("Share predicted PNEUMONIA per day", labels,
-                                  summary.pneumonia_share),
-        "histogram_chart": bar_chart("Predictions by probability of pneumonia", bins,
-                                     summary.histogram),
-        "agreement_chart": bar_chart("Agreement with clinician feedback per model version",
-                                     versions, [a.rate for a in summary.agreement],
-                                     y_format=".0%", y_max=1.0),
-    })  # fmt: skip
+    return render(
+        request,
+        "diagnosis/monitoring.html",
+        {
+            "summary": summary,
+            "days": days,
+            "volume_chart": bar_chart("Predictions per day", labels, summary.per_day),
+            "share_chart": line_chart(
+                "Share predicted PNEUMONIA per day", labels, summary.pneumonia_share
+            ),
+            "histogram_chart": bar_chart(
+                "Predictions by probability of pneumonia", bins, summary.histogram
+            ),
+            "agreement_chart": bar_chart(
+                "Agreement with clinician feedback per model version",
+                versions,
+                [a.rate for a in summary.agreement],
+                y_format=".0%",
+                y_max=1.0,
+            ),
+        },
+    )
 
 
 @require_GET
@@ -286,7 +327,7 @@ def _prediction_json(request: HttpRequest, prediction: Prediction) -> dict:
             "sha256": prediction.image_sha256,
             "width": prediction.image_width,
             "height": prediction.image_height,
-        },  # fmt: skip
+        },
         "feedback": None
         if feedback is None
         else {
@@ -294,7 +335,7 @@ def _prediction_json(request: HttpRequest, prediction: Prediction) -> dict:
             "consent": feedback.consent,
             "agrees": feedback.agrees,
             "created_at": feedback.created_at.isoformat(),
-        },  # fmt: skip
+        },
         "feedback_url": request.build_absolute_uri(reverse("api_feedback", args=[prediction.pk])),
     }
 
@@ -311,17 +352,22 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
             return api_error(400, "bad_filter", error)
         page = _page(request, queryset)
         link = lambda n: request.build_absolute_uri(f"?{_with_page(request, n)}")  # noqa: E731
-        return JsonResponse({
-            "count": page.paginator.count,
-            "page": page.number,
-            "pages": page.paginator.num_pages,
-            "next": link(page.next_page_number()) if page.has_next() else None,
-            "previous": link(page.previous_page_number()) if page.has_previous() else None,
-            "results": [_prediction_json(request, p) for p in page.object_list],
-        })  # fmt: skip
+        return JsonResponse(
+            {
+                "count": page.paginator.count,
+                "page": page.number,
+                "pages": page.paginator.num_pages,
+                "next": link(page.next_page_number()) if page.has_next() else None,
+                "previous": link(page.previous_page_number()) if page.has_previous() else None,
+                "results": [_prediction_json(request, p) for p in page.object_list],
+            }
+        )
     if request.method != "POST":
-        response = api_error(405, "method_not_allowed", "Use POST with a multipart 'image' "
-                             "file, or GET for your history.")  # fmt: skip
+        response = api_error(
+            405,
+            "method_not_allowed",
+            "Use POST with a multipart 'image' file, or GET for your history.",
+        )
         response["Allow"] = "GET, POST"
         return response
     try:
@@ -374,8 +420,9 @@ def api_feedback(request: HttpRequest, pk: int) -> JsonResponse:
         if not isinstance(body, dict):
             raise ValueError
     except ValueError:
-        return api_error(400, "bad_json", 'Send a JSON object: {"true_label": "NORMAL", '
-                         '"consent": false}.')  # fmt: skip
+        return api_error(
+            400, "bad_json", 'Send a JSON object: {"true_label": "NORMAL", "consent": false}.'
+        )
     consent = body.get("consent", False)
     if not isinstance(consent, bool):
         return api_error(400, "bad_consent", "'consent' must be true or false.")
@@ -425,9 +472,15 @@ def server_error(request: HttpRequest) -> HttpResponse:
 def permission_denied(request: HttpRequest, exception=None) -> HttpResponse:
     if _wants_json(request):
         return api_error(403, "forbidden", "You may not do this.")
-    return render(request, "diagnosis/error.html", {
-        "title": "Not allowed", "message": "This page is for staff only.",
-    }, status=403)  # fmt: skip
+    return render(
+        request,
+        "diagnosis/error.html",
+        {
+            "title": "Not allowed",
+            "message": "This page is for staff only.",
+        },
+        status=403,
+    )
 
 
 def bad_request(request: HttpRequest, exception=None) -> HttpResponse:

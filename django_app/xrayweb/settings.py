@@ -75,11 +75,13 @@ LOGIN_REDIRECT_URL = "upload"
 LOGOUT_REDIRECT_URL = "upload"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
-     "OPTIONS": {"min_length": 10}},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 10},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
-]  # fmt: skip
+]
 SESSION_COOKIE_AGE = 8 * 3600  # a working shift
 LOGIN_FAILURE_LIMIT = 5  # failed sign-ins per user name, and per client address, ...
 LOGIN_LOCKOUT_SECONDS = 15 * 60  # ... within this window lock further attempts for its rest

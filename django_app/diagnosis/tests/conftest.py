@@ -13,9 +13,19 @@ from tests.conftest import SAMPLES, require_data
 
 SIZE = 64
 METRICS = {
-    "threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.96, "specificity": 0.81, "precision": 0.9,
-    "f1": 0.93, "roc_auc": 0.95, "n": 316, "tp": 193, "fp": 22, "tn": 93, "fn": 8,
-}  # fmt: skip
+    "threshold": 0.5,
+    "accuracy": 0.9,
+    "sensitivity": 0.96,
+    "specificity": 0.81,
+    "precision": 0.9,
+    "f1": 0.93,
+    "roc_auc": 0.95,
+    "n": 316,
+    "tp": 193,
+    "fp": 22,
+    "tn": 93,
+    "fn": 8,
+}
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +67,9 @@ def make_user(db):
     from django.contrib.auth import get_user_model
 
     def make(username: str, staff: bool = False):
-        return get_user_model().objects.create_user(username=username, password=PASSWORD,
-                                                    is_staff=staff)  # fmt: skip
+        return get_user_model().objects.create_user(
+            username=username, password=PASSWORD, is_staff=staff
+        )
 
     return make
 
@@ -95,3 +106,22 @@ def feedback_storage(settings, tmp_path):
     """Consented images go to a fresh folder per test."""
     settings.FEEDBACK_STORAGE = str(tmp_path / "feedback-images")
     return tmp_path / "feedback-images"
+
+
+from tests.conftest import s3_server  # noqa: E402,F401  (a real S3 endpoint: moto_server)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A fresh bucket on the local S3 endpoint, with the AWS_* variables boto3 reads."""
+    import secrets
+
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = f"feedback-{secrets.token_hex(4)}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name

@@ -11,3 +11,6 @@ from xrayweb.settings import *  # noqa: E402,F403
 
 # No collectstatic in tests: serve static files from the app folders.
 STORAGES = {"staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+
+# Password hashing is deliberately slow; tests create many users (production keeps PBKDF2).
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -83,12 +83,20 @@ def test_the_lock_ends_with_its_window(clinician, settings):
 def test_password_change_applies_djangos_validators(clinician):
     client = Client()
     client.force_login(clinician)
-    weak = client.post("/account/password", {"old_password": PASSWORD,
-                       "new_password1": "12345678", "new_password2": "12345678"})  # fmt: skip
+    weak = client.post(
+        "/account/password",
+        {"old_password": PASSWORD, "new_password1": "12345678", "new_password2": "12345678"},
+    )
     html = weak.content.decode()
     assert weak.status_code == 200 and "too short" in html and "too common" in html
-    ok = client.post("/account/password", {"old_password": PASSWORD,
-                     "new_password1": "Another-Str0ng-one", "new_password2": "Another-Str0ng-one"})  # fmt: skip
+    ok = client.post(
+        "/account/password",
+        {
+            "old_password": PASSWORD,
+            "new_password1": "Another-Str0ng-one",
+            "new_password2": "Another-Str0ng-one",
+        },
+    )
     assert ok.status_code == 302
     clinician.refresh_from_db()
     assert clinician.check_password("Another-Str0ng-one")
@@ -102,8 +110,9 @@ def test_add_clinician_command_validates_the_password_and_can_issue_a_token(monk
 
     monkeypatch.setattr("sys.stdin", io.StringIO("Sturdy-Passw0rd-42\n"))
     out = io.StringIO()
-    call_command("add_clinician", "dr_eve", "--password-stdin", "--staff",
-                 "--api-token", "pacs", stdout=out)  # fmt: skip
+    call_command(
+        "add_clinician", "dr_eve", "--password-stdin", "--staff", "--api-token", "pacs", stdout=out
+    )
     user = get_user_model().objects.get(username="dr_eve")
     assert user.is_staff and user.check_password("Sturdy-Passw0rd-42")
     raw = out.getvalue().split("store it now): ")[1].strip()
@@ -113,15 +122,19 @@ def test_add_clinician_command_validates_the_password_and_can_issue_a_token(monk
         call_command("add_clinician", "dr_eve", "--password-stdin")
 
 
-@pytest.mark.parametrize("header", [None, "Bearer", "Bearer xr_not-a-real-token", "Token abc",
-                                    "Basic ZHJfYWRhOkNoM3N0"])  # fmt: skip
+@pytest.mark.parametrize(
+    "header", [None, "Bearer", "Bearer xr_not-a-real-token", "Token abc", "Basic ZHJfYWRhOkNoM3N0"]
+)
 def test_api_without_a_valid_token_gets_401_json(clinician, header):
     headers = {"Authorization": header} if header else {}
     client = Client(headers=headers)
     client.force_login(clinician)  # a browser session is not an API credential
-    for method, path in (("get", "/api/v1/predictions"), ("post", "/api/v1/predictions"),
-                         ("get", "/api/v1/predictions/1"),
-                         ("post", "/api/v1/predictions/1/feedback")):  # fmt: skip
+    for method, path in (
+        ("get", "/api/v1/predictions"),
+        ("post", "/api/v1/predictions"),
+        ("get", "/api/v1/predictions/1"),
+        ("post", "/api/v1/predictions/1/feedback"),
+    ):
         response = getattr(client, method)(path)
         assert response.status_code == 401, (method, path)
         assert response.json()["error"]["code"] == "unauthorized"
@@ -156,15 +169,19 @@ def test_staff_revoke_and_issue_tokens_in_the_admin(clinician, staff):
     admin.force_login(staff)
     _, raw = ApiToken.issue(clinician, "laptop")
     token = ApiToken.objects.get(user=clinician)
-    response = admin.post("/admin/diagnosis/apitoken/", {
-        "action": "revoke", "_selected_action": [token.pk]})  # fmt: skip
+    response = admin.post(
+        "/admin/diagnosis/apitoken/", {"action": "revoke", "_selected_action": [token.pk]}
+    )
     assert response.status_code == 302
     assert (
         Client(headers={"Authorization": f"Bearer {raw}"}).get("/api/v1/predictions").status_code
         == 401
     )
-    page = admin.post("/admin/auth/user/", {"action": "issue_token",
-                      "_selected_action": [clinician.pk]}, follow=True)  # fmt: skip
+    page = admin.post(
+        "/admin/auth/user/",
+        {"action": "issue_token", "_selected_action": [clinician.pk]},
+        follow=True,
+    )
     issued = page.content.decode().split("shown again): ")[1].split("<")[0].strip()
     assert (
         Client(headers={"Authorization": f"Bearer {issued}"}).get("/api/v1/predictions").status_code

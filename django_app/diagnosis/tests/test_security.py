@@ -42,8 +42,13 @@ def test_check_deploy_is_clean_with_production_settings():
 
 
 def test_check_deploy_warns_when_feedback_images_would_stay_on_the_dyno():
-    result = manage("check", "--deploy", "--fail-level", "WARNING",
-                    env=production_env(FEEDBACK_STORAGE="/app/feedback"))  # fmt: skip
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env=production_env(FEEDBACK_STORAGE="/app/feedback"),
+    )
     assert result.returncode != 0 and "diagnosis.W001" in result.stderr + result.stdout
     assert "FEEDBACK_STORAGE=s3://" in result.stderr + result.stdout
 

@@ -23,10 +23,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("--email", default="")
-        parser.add_argument("--staff", action="store_true", help="may see all predictions, "
-                            "the monitoring page and the admin")  # fmt: skip
-        parser.add_argument("--password-stdin", action="store_true",
-                            help="read the password from the first line of stdin")  # fmt: skip
+        parser.add_argument(
+            "--staff",
+            action="store_true",
+            help="may see all predictions, the monitoring page and the admin",
+        )
+        parser.add_argument(
+            "--password-stdin",
+            action="store_true",
+            help="read the password from the first line of stdin",
+        )
         parser.add_argument("--api-token", metavar="NAME", help="also issue an API token")
 
     def handle(self, *args, username, email, staff, password_stdin, api_token, **options):
@@ -44,8 +50,9 @@ class Command(BaseCommand):
             validate_password(password, candidate)
         except ValidationError as exc:
             raise CommandError("Password refused: " + " ".join(exc.messages)) from None
-        user = User.objects.create_user(username=username, email=email, password=password,
-                                        is_staff=staff)  # fmt: skip
+        user = User.objects.create_user(
+            username=username, email=email, password=password, is_staff=staff
+        )
         self.stdout.write(f"created {'staff ' if staff else ''}user {user.username}")
         if api_token:
             _, raw = ApiToken.issue(user, api_token)
