@@ -33,10 +33,13 @@ from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.heroku import multipart_image  # noqa: E402
 from pneumonia.package import APP_DIR, app_venv, package_app  # noqa: E402
 
+TOKEN = {"value": ""}  # the benchmark account's API token, set once the app is released
+
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, float]:
     started = time.perf_counter()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {TOKEN['value']}"}
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
@@ -96,6 +99,12 @@ def main() -> int:
     procfile = dict(line.split(": ", 1) for line in (app / "Procfile").read_text().splitlines())
     for command in ("python manage.py collectstatic --noinput", procfile["release"]):
         subprocess.run(["bash", "-c", command], cwd=app, env=env, check=True, capture_output=True)
+    made = subprocess.run(
+        ["python", "manage.py", "add_clinician", "bench", "--password-stdin", "--api-token", "b"],
+        cwd=app, env=env, input=secrets.token_urlsafe(16) + "\n", check=True, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    TOKEN["value"] = made.stdout.split("store it now): ")[1].strip()
     url = f"http://127.0.0.1:{port}/api/v1/predictions"
     log = open(work / "web.log", "w")  # noqa: SIM115 (closed in finally)
     started = time.perf_counter()

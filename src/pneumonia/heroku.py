@@ -132,9 +132,10 @@ def multipart_image(image: bytes, field: str = "image") -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def smoke_test(app_url: str, expected_sha256: str, sample: Path, timeout: float = 180,
-               poll: float = 3) -> dict:  # fmt: skip
-    """Wait until the live app serves ``expected_sha256``, then make one real prediction."""
+def smoke_test(app_url: str, expected_sha256: str, sample: Path, token: str,
+               timeout: float = 180, poll: float = 3) -> dict:  # fmt: skip
+    """Wait until the live app serves ``expected_sha256``, then make one real prediction with
+    the API ``token`` of a dedicated smoke-test account."""
     deadline, last = time.monotonic() + timeout, "no answer"
     while True:
         try:
@@ -151,11 +152,20 @@ def smoke_test(app_url: str, expected_sha256: str, sample: Path, timeout: float 
     body, content_type = multipart_image(Path(sample).read_bytes())
     try:
         status, payload = _http(
-            f"{app_url.rstrip('/')}/api/v1/predictions", body, {"Content-Type": content_type},
+            f"{app_url.rstrip('/')}/api/v1/predictions", body,
+            {"Content-Type": content_type, "Authorization": f"Bearer {token}"},
         )  # fmt: skip
         prediction = json.loads(payload)
+    except urllib.error.HTTPError as exc:
+        status, payload, prediction = exc.code, exc.read(), {}
     except (OSError, ValueError) as exc:
         raise DeployError(f"smoke test: the prediction request failed: {exc}") from None
+    if status == 401:
+        raise DeployError(
+            "smoke test: the app refused the API token (401). Create one for a smoke-test account "
+            "(`heroku run python manage.py add_clinician smoke-test --api-token deploy`) and "
+            "store it as the HEROKU_SMOKE_TEST_TOKEN secret"
+        )
     if status != 200 or prediction.get("label") not in ("NORMAL", "PNEUMONIA"):
         raise DeployError(f"smoke test: unexpected prediction answer {status}: {payload[:300]!r}")
     return prediction
@@ -169,8 +179,16 @@ class DeployResult:
     prediction: dict
 
 
-def deploy(client: HerokuClient, folder: Path, version: str, app_url: str, sample: Path,
-           smoke_timeout: float = 180, build_poll: float = 5) -> DeployResult:  # fmt: skip
+def deploy(
+    client: HerokuClient,
+    folder: Path,
+    version: str,
+    app_url: str,
+    sample: Path,
+    token: str,
+    smoke_timeout: float = 180,
+    build_poll: float = 5,
+) -> DeployResult:
     """Build ``folder`` on Heroku, smoke-test it, roll back if the smoke test fails."""
     manifest = json.loads((Path(folder) / "model" / "model.json").read_text())
     previous = client.current_release()
@@ -178,7 +196,8 @@ def deploy(client: HerokuClient, folder: Path, version: str, app_url: str, sampl
     build = client.build(source_url, version, poll=build_poll)
     release_id = (build.get("release") or {}).get("id")
     try:
-        prediction = smoke_test(app_url, manifest["onnx_sha256"], sample, timeout=smoke_timeout)
+        prediction = smoke_test(app_url, manifest["onnx_sha256"], sample, token,
+                                timeout=smoke_timeout)  # fmt: skip
     except DeployError as exc:
         if previous is None:
             raise DeployError(f"{exc}; no earlier release to roll back to") from None
@@ -203,8 +222,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.app:
             raise DeployError("no app name: pass --app or set HEROKU_APP_NAME")
         client = HerokuClient(args.app, os.environ.get("HEROKU_API_KEY", ""))
-        result = deploy(client, args.dir, args.version,
-                        args.url or f"https://{args.app}.herokuapp.com", args.sample)  # fmt: skip
+        token = os.environ.get("HEROKU_SMOKE_TEST_TOKEN", "")
+        if not token:
+            raise DeployError(
+                "HEROKU_SMOKE_TEST_TOKEN is not set: the smoke test needs an API token of a "
+                "smoke-test account (`heroku run python manage.py add_clinician smoke-test "
+                "--api-token deploy`); add it as a repository secret. Nothing was deployed."
+            )
+        url = args.url or f"https://{args.app}.herokuapp.com"
+        result = deploy(client, args.dir, args.version, url, args.sample, token)
     except DeployError as exc:
         print(f"heroku: error: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def get(url: str, headers: dict | None = None, data: bytes | None = None, timeou
 
 
 HTTPS = {"X-Forwarded-Proto": "https"}  # what Heroku's router adds in front of the dyno
+BROWSER_PASSWORD = "Lung-Field-Check-2026"
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +92,18 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((build / "web.log").read_text()[-3000:]) from None
                 time.sleep(0.2)
-        yield {"url": url, "port": port, "venv": heroku_venv, "build": build,
+        # Accounts, made the way the README tells staff to: a clinician for the browser, and a
+        # smoke-test account whose API token the deploy job uses.
+        token = None
+        for name, extra in (("dr_browser", []), ("smoke-test", ["--api-token", "deploy"])):
+            made = subprocess.run(
+                ["python", "manage.py", "add_clinician", name, "--password-stdin", *extra],
+                cwd=build, env=env, input=f"{BROWSER_PASSWORD}\n", capture_output=True,
+                text=True, check=True,
+            )  # fmt: skip
+            if extra:
+                token = made.stdout.split("store it now): ")[1].strip()
+        yield {"url": url, "port": port, "venv": heroku_venv, "build": build, "token": token,
                "boot_seconds": time.monotonic() - started}  # fmt: skip
     finally:
         stop(proc)
@@ -121,13 +134,18 @@ def test_booted_app_serves_the_packaged_model(heroku_app, bundle_dir):
 
 def test_real_prediction_over_http(heroku_app, samples):
     body, content_type = multipart_image(samples[5].read_bytes())
-    headers = {**HTTPS, "Content-Type": content_type}
+    auth = {**HTTPS, "Authorization": f"Bearer {heroku_app['token']}"}
+    headers = {**auth, "Content-Type": content_type}
     status, _, payload = get(f"{heroku_app['url']}/api/v1/predictions", headers, body)
     prediction = json.loads(payload)
     assert status == 200 and prediction["label"] in ("NORMAL", "PNEUMONIA")
     heatmap_path = "/" + prediction["heatmap_url"].split("/", 3)[3]
-    status, headers, png = get(heroku_app["url"] + heatmap_path, HTTPS)
+    status, headers, png = get(heroku_app["url"] + heatmap_path, auth)
     assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(urllib.error.HTTPError) as refused:  # no token, no prediction
+        get(f"{heroku_app['url']}/api/v1/predictions", {**HTTPS, "Content-Type": content_type},
+            body)  # fmt: skip
+    assert refused.value.code == 401
 
 
 def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
@@ -148,8 +166,13 @@ def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(f"http://localhost:{heroku_app['port']}/")
         assert "Decision support, not a diagnosis" in page.inner_text("main")
+        page.click("#landing-login")
+        page.fill("#id_username", "dr_browser")
+        page.fill("#id_password", BROWSER_PASSWORD)
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#upload-form")
         page.set_input_files("#image", str(samples[0]))
-        page.click("button[type=submit]")
+        page.click("#upload-form button[type=submit]")
         page.wait_for_selector("#label", timeout=20_000)
         label = page.inner_text("#label")
         assert label in ("NORMAL", "PNEUMONIA")
@@ -160,6 +183,19 @@ def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
         # Narrow screens get the same content (responsive layout).
         page.set_viewport_size({"width": 390, "height": 844})
         page.screenshot(path=str(SCREENSHOTS / "browser-result-mobile.png"), full_page=True)
+        page.set_viewport_size({"width": 1200, "height": 900})
+        # Feedback: correct the label, consent to keep the image, then find it in the history.
+        other = "NORMAL" if label == "PNEUMONIA" else "PNEUMONIA"
+        page.check("#consent")
+        page.click(f"#correct-{other.lower()}")
+        page.wait_for_selector("#feedback-status")
+        status = page.inner_text("#feedback-status")
+        assert other in status and "corrects the model" in status and "kept" in status
+        page.click("#nav-history")
+        page.wait_for_selector("#history")
+        row = page.inner_text("#history tbody tr")
+        assert label in row and other in row
+        page.screenshot(path=str(SCREENSHOTS / "browser-history.png"), full_page=True)
         browser.close()
     assert errors == []  # no CSP violations, no script errors
 
@@ -201,7 +237,7 @@ def test_deploy_builds_smoke_tests_and_keeps_the_release(fake_heroku, heroku_app
     folder = tmp_path / "app"
     package_app(APP, bundle_dir, folder)
     result = deploy(heroku_client(fake_heroku), folder, "abc123", heroku_app["url"], samples[0],
-                    smoke_timeout=20, build_poll=0.05)  # fmt: skip
+                    heroku_app["token"], smoke_timeout=20, build_poll=0.05)  # fmt: skip
     assert result.prediction["label"] in ("NORMAL", "PNEUMONIA")
     assert fake_heroku.rollbacks == [] and fake_heroku.releases[-1]["current"]
     members = fake_heroku.tar_members(result.build_id)
@@ -221,7 +257,7 @@ def test_failed_build_releases_nothing(fake_heroku, bundle_dir, samples, tmp_pat
     package_app(APP, bundle_dir, folder)
     with pytest.raises(DeployError, match="failed: nothing was released"):
         deploy(heroku_client(fake_heroku), folder, "abc", "http://127.0.0.1:9", samples[0],
-               smoke_timeout=1, build_poll=0.05)  # fmt: skip
+               "no-token", smoke_timeout=1, build_poll=0.05)  # fmt: skip
     assert len(fake_heroku.releases) == 1 and fake_heroku.rollbacks == []
 
 
@@ -245,9 +281,31 @@ def test_failed_smoke_test_rolls_back(fake_heroku, heroku_app, torch_model, samp
     previous = fake_heroku.releases[-1]["id"]
     with pytest.raises(DeployError, match="rolled back to release v1"):
         deploy(heroku_client(fake_heroku), folder, "def", heroku_app["url"], samples[0],
-               smoke_timeout=2, build_poll=0.05)  # fmt: skip
+               heroku_app["token"], smoke_timeout=2, build_poll=0.05)  # fmt: skip
     assert fake_heroku.rollbacks == [previous]
     assert fake_heroku.releases[-1]["description"] == "Rollback to v1"
+
+
+def test_a_refused_smoke_test_token_rolls_back_and_says_what_to_do(
+    fake_heroku, heroku_app, bundle_dir, samples, tmp_path
+):
+    from pneumonia.heroku import DeployError, deploy
+
+    folder = tmp_path / "app"
+    package_app(APP, bundle_dir, folder)
+    with pytest.raises(DeployError, match="refused the API token.*HEROKU_SMOKE_TEST_TOKEN"):
+        deploy(heroku_client(fake_heroku), folder, "ghi", heroku_app["url"], samples[0],
+               "xr_revoked-or-wrong", smoke_timeout=20, build_poll=0.05)  # fmt: skip
+    assert len(fake_heroku.rollbacks) == 1
+
+
+def test_missing_smoke_test_token_deploys_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "HEROKU_SMOKE_TEST_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pneumonia.heroku", "--app", "x", "--sample", "x.jpeg"],
+        env={**env, "HEROKU_API_KEY": "k" * 36}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1 and "HEROKU_SMOKE_TEST_TOKEN is not set" in result.stderr
 
 
 def test_missing_api_key_names_the_secret(tmp_path):
