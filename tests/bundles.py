@@ -25,11 +25,11 @@ def real_images(split: str, n: int, size: int) -> np.ndarray:
     return np.stack([resize(load_image(p), size) for p in paths])
 
 
-def calibrated_model(size: int) -> torch.nn.Module:
+def calibrated_model(size: int, input_norm: str = "fixed") -> torch.nn.Module:
     """A ResNet18 (random init, seed 0) whose BatchNorm statistics come from real X-rays, so its
     activations have a realistic scale; a fresh init's statistics would make parity trivial."""
     torch.manual_seed(0)
-    model = build_model("none")
+    model = build_model("none", input_norm)
     model.train()
     with torch.no_grad():
         for _ in range(3):

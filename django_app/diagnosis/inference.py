@@ -61,6 +61,8 @@ class ServedModel:
         self.labels: list[str] = list(self.manifest["labels"])
         self.positive = self.labels.index(self.manifest["positive_label"])
         self.threshold = float(self.manifest["threshold"])
+        # Calibrated probabilities: softmax(logits / T), T fitted on validation by the pipeline.
+        self.temperature = float(self.manifest.get("calibration", {}).get("temperature", 1.0))
         self.class_weight = np.asarray(self.manifest["cam"]["head_weight"], np.float32)[
             self.positive
         ]
@@ -85,7 +87,8 @@ class ServedModel:
         logits, features = self.session.run(
             ["logits", "features"], {"image": self.model_input(gray)}
         )
-        exp = np.exp(logits[0] - logits[0].max())
+        scaled = logits[0] / self.temperature
+        exp = np.exp(scaled - scaled.max())
         return float(exp[self.positive] / exp.sum()), features[0]
 
     def predict(self, gray: Image.Image) -> Result:

@@ -1,9 +1,13 @@
 """Stage ``evaluate``: choose the decision threshold on validation, measure on the test split.
 
+Probabilities are calibrated first: a temperature T (logits / T) is fitted on the validation
+split by minimising its negative log-likelihood; ``evaluate.calibration: none`` keeps T = 1.
 Writes ``metrics/val.json`` and ``metrics/test.json`` (accuracy, precision, sensitivity,
-specificity, F1, ROC AUC, PR AUC, confusion counts, threshold), the curves for ``dvc plots`` under
-``metrics/plots/``, the same as PNG under ``metrics/figures/``, and the misclassified test files
-(names only) in ``metrics/test_errors.csv``. The test split never influences the threshold.
+specificity, F1, ROC AUC, PR AUC, confusion counts, threshold, expected calibration error before
+and after calibration, the temperature), the curves for ``dvc plots`` under ``metrics/plots/``
+(ROC, PR, confusion, reliability), the same as PNG under ``metrics/figures/``, and the
+misclassified test files by class (names only) in ``metrics/test_errors.csv``. The test split
+never influences the threshold or the temperature.
 """
 
 from __future__ import annotations
@@ -29,6 +33,55 @@ from pneumonia.model import load_checkpoint, positive_probability, predict_logit
 from pneumonia.prepare import PreparedSplit, load_split
 
 THRESHOLD_METHODS = ("min_sensitivity", "youden")
+CALIBRATIONS = ("temperature", "none")
+ECE_BINS = 15
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 minimising the mean negative log-likelihood of softmax(logits / T)."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, np.float64)
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) != 2:
+        raise ValueError("fitting a temperature needs both classes in the validation split")
+
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        log_prob = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-log_prob[np.arange(len(labels)), labels].mean())
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS):
+    """Per equal-width bin of the positive-class probability: (mean probability, observed
+    positive rate, count), for the bins that hold any image."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities, np.float64)
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = index == b
+        if inside.any():
+            rows.append(
+                (
+                    float(probabilities[inside].mean()),
+                    float(labels[inside].mean()),
+                    int(inside.sum()),
+                )
+            )
+    return rows
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """Count-weighted mean |mean probability - observed positive rate| over the bins."""
+    rows = reliability(labels, probabilities, bins)
+    total = sum(n for _, _, n in rows)
+    return float(sum(n * abs(p - y) for p, y, n in rows) / total) if total else 0.0
 
 
 def confusion_counts(labels: np.ndarray, predicted: np.ndarray) -> dict[str, int]:
@@ -110,6 +163,11 @@ def write_plots(labels: np.ndarray, probabilities: np.ndarray, threshold: float,
         ["recall", "precision", "threshold"],
         zip(recall[:-1], precision[:-1], pr_thr, strict=True),
     )
+    _write_csv(
+        out / "reliability.csv",
+        ["mean_probability", "observed_positive_rate", "images"],
+        reliability(labels, probabilities),
+    )
     predicted = (probabilities >= threshold).astype(int)
     _write_csv(
         out / "confusion.csv",
@@ -129,9 +187,14 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def write_figures(
-    labels: np.ndarray, probabilities: np.ndarray, metrics: dict[str, Any], out: Path
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    metrics: dict[str, Any],
+    out: Path,
+    calibration: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[Path]:
-    """ROC, precision-recall and confusion matrix of the test split as PNG images."""
+    """ROC, precision-recall and confusion matrix of the test split, and the reliability diagram
+    of each split in ``calibration`` (name -> (labels, probabilities)), as PNG images."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,6 +248,17 @@ def write_figures(
         title="Confusion matrix (test)",
     )
     paths.append(_save(fig, out / "confusion.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    for name, (split_labels, split_prob) in (calibration or {}).items():
+        rows = reliability(split_labels, split_prob)
+        ece = expected_calibration_error(split_labels, split_prob)
+        ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label=f"{name} (ECE {ece:.3f})")
+    ax.set(xlabel="predicted probability of pneumonia", ylabel="observed share with pneumonia",
+           title="Reliability", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    ax.legend(loc="upper left")
+    paths.append(_save(fig, out / "reliability.png"))
     return paths
 
 
@@ -198,14 +272,17 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_errors(split: PreparedSplit, probabilities: np.ndarray, threshold: float, path: Path):
-    """Misclassified files by name (never the images): where to look when a model regresses."""
+    """Misclassified files by name (never the images), grouped by actual class and most
+    confident mistakes first: where to look when a model regresses."""
     predicted = (probabilities >= threshold).astype(int)
     rows = [
-        (f, config.LABELS[a], config.LABELS[p], round(float(prob), 6))
+        (config.LABELS[a], f, config.LABELS[p], round(float(prob), 6))
         for f, a, p, prob in zip(split.files, split.labels, predicted, probabilities, strict=True)
         if a != p
     ]
-    _write_csv(path, ["file", "actual", "predicted", "probability"], sorted(rows))
+    # NORMAL mistaken for PNEUMONIA: highest probability first; the reverse: lowest first.
+    rows.sort(key=lambda r: (r[0], -r[3] if r[0] == config.LABELS[0] else r[3]))
+    _write_csv(path, ["actual", "file", "predicted", "probability"], rows)
 
 
 def evaluate(
@@ -228,20 +305,42 @@ def evaluate(
     )
 
 
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, method: str) -> float:
+    """The temperature to divide logits by: fitted on validation, or 1 for ``none``."""
+    if method == "none":
+        return 1.0
+    if method != "temperature":
+        raise ValueError(f"evaluate.calibration: one of {CALIBRATIONS}, not {method!r}")
+    return fit_temperature(val_logits, val_labels)
+
+
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     params = config.load_params()["evaluate"]
     model, _ = load_checkpoint(config.MODEL_FILE)
     val, test = load_split("val"), load_split("test")
-    val_prob = positive_probability(predict_logits(model, val.images))
-    test_prob = positive_probability(predict_logits(model, test.images))
+    val_logits, test_logits = predict_logits(model, val.images), predict_logits(model, test.images)
+    temperature = calibrate(val_logits, val.labels, params.get("calibration", "none"))
+    val_prob = positive_probability(val_logits / temperature)
+    test_prob = positive_probability(test_logits / temperature)
     val_metrics, test_metrics = evaluate(val_prob, val.labels, test_prob, test.labels, params)
+    outcomes = (
+        (val_metrics, val, val_logits, val_prob),
+        (test_metrics, test, test_logits, test_prob),
+    )
+    for metrics, split, logits, prob in outcomes:
+        metrics["temperature"] = temperature
+        metrics["ece"] = expected_calibration_error(split.labels, prob)
+        metrics["ece_uncalibrated"] = expected_calibration_error(
+            split.labels, positive_probability(logits)
+        )
 
     config.METRICS_DIR.mkdir(parents=True, exist_ok=True)
     (config.METRICS_DIR / "val.json").write_text(json.dumps(val_metrics, indent=2) + "\n")
     (config.METRICS_DIR / "test.json").write_text(json.dumps(test_metrics, indent=2) + "\n")
     write_plots(test.labels, test_prob, test_metrics["threshold"], config.PLOTS_DIR)
-    figures = write_figures(test.labels, test_prob, test_metrics, config.FIGURES_DIR)
+    splits = {"validation": (val.labels, val_prob), "test": (test.labels, test_prob)}
+    figures = write_figures(test.labels, test_prob, test_metrics, config.FIGURES_DIR, splits)
     write_errors(test, test_prob, test_metrics["threshold"], config.METRICS_DIR / "test_errors.csv")
 
     try:
@@ -254,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     except tracking.TrackingUnavailableError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 1
-    shown = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "threshold")
+    shown = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc", "threshold", "ece")
     print("evaluate (test): " + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in shown))
     return 0
 

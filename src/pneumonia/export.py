@@ -119,6 +119,13 @@ def build_manifest(
             "head_weight": model.fc.weight.detach().numpy().round(7).tolist(),
             "head_bias": model.fc.bias.detach().numpy().round(7).tolist(),
         },
+        # Probabilities are softmax(logits / temperature); the threshold applies to them.
+        "calibration": {
+            "method": "temperature" if val_metrics.get("temperature", 1.0) != 1.0 else "none",
+            "temperature": float(val_metrics.get("temperature", 1.0)),
+            "fitted_on": "validation",
+            "ece_validation": val_metrics.get("ece"),
+        },
         "threshold": test_metrics["threshold"],
         "metrics": {"test": test_metrics, "validation": val_metrics},
         "data": tracking.data_version(),

@@ -62,6 +62,7 @@ class Bundle:
         self.labels: list[str] = self.manifest["labels"]
         self.positive = self.labels.index(self.manifest["positive_label"])
         self.threshold = float(self.manifest["threshold"])
+        self.temperature = float(self.manifest.get("calibration", {}).get("temperature", 1.0))
         self.head_weight = np.asarray(self.manifest["cam"]["head_weight"], np.float32)
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
@@ -78,15 +79,15 @@ class Bundle:
         return logits, features
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
-        """Positive-class probability per image of a uint8 grayscale batch."""
-        return softmax(self.run(gray)[0])[:, self.positive]
+        """Calibrated positive-class probability per image of a uint8 grayscale batch."""
+        return softmax(self.run(gray)[0] / self.temperature)[:, self.positive]
 
     def predict_bytes(self, data: bytes) -> Prediction:
         """Decode, validate (``InvalidImageError`` for bad input) and predict one image file."""
         image, _ = decode_image(data)
         gray = resize(image, self.size)[None]
         logits, features = self.run(gray)
-        probability = float(softmax(logits)[0, self.positive])
+        probability = float(softmax(logits / self.temperature)[0, self.positive])
         positive = probability >= self.threshold
         label = self.labels[self.positive if positive else 1 - self.positive]
         cam = class_activation_map(features[0], self.head_weight[self.positive], self.size)

@@ -73,3 +73,61 @@ def test_threshold_needs_both_classes_and_a_known_method():
         choose_threshold(np.array([1, 1]), np.array([0.2, 0.3]), "youden")
     with pytest.raises(ValueError, match="threshold_method"):
         choose_threshold(np.array([0, 1]), np.array([0.2, 0.3]), "f1")
+
+
+def test_fitted_temperature_undoes_overconfidence():
+    from pneumonia.evaluate import expected_calibration_error, fit_temperature
+    from pneumonia.model import positive_probability
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, size=(4000, 2))
+    p = np.exp(true_logits[:, 1]) / np.exp(true_logits).sum(1)
+    labels = (rng.random(4000) < p).astype(int)  # labels drawn from the true probabilities
+    overconfident = true_logits * 3.0
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(3.0, rel=0.1)
+    before = expected_calibration_error(labels, positive_probability(overconfident))
+    after = expected_calibration_error(labels, positive_probability(overconfident / t))
+    assert before > 0.1 and after < 0.03
+
+
+def test_reliability_bins_and_ece_by_hand():
+    from pneumonia.evaluate import expected_calibration_error, reliability
+
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    prob = np.array([0.05, 0.05, 0.95, 0.95, 0.55, 0.55])
+    rows = reliability(labels, prob, bins=10)
+    assert rows == [(0.05, 0.0, 2), (0.55, 0.5, 2), (0.95, 1.0, 2)]
+    # |0.05 - 0| * 2 + |0.55 - 0.5| * 2 + |0.95 - 1| * 2 over 6 images
+    assert expected_calibration_error(labels, prob, bins=10) == pytest.approx(0.05)
+
+
+def test_calibration_method_none_and_unknown():
+    from pneumonia.evaluate import calibrate
+
+    logits = np.array([[0.0, 1.0], [1.0, 0.0]])
+    assert calibrate(logits, np.array([1, 0]), "none") == 1.0
+    with pytest.raises(ValueError, match="evaluate.calibration"):
+        calibrate(logits, np.array([1, 0]), "platt")
+    with pytest.raises(ValueError, match="both classes"):
+        calibrate(logits, np.array([1, 1]), "temperature")
+
+
+def test_errors_are_listed_by_class_most_confident_first(tmp_path):
+    from pneumonia.evaluate import write_errors
+    from pneumonia.prepare import PreparedSplit
+
+    split = PreparedSplit(
+        images=np.zeros((5, 2, 2), np.uint8), labels=np.array([0, 0, 1, 1, 0]),
+        files=["n1.jpeg", "n2.jpeg", "p1.jpeg", "p2.jpeg", "n3.jpeg"], patients=list("abcde"),
+    )  # fmt: skip
+    prob = np.array([0.6, 0.9, 0.1, 0.3, 0.2])
+    write_errors(split, prob, 0.5, tmp_path / "errors.csv")
+    lines = (tmp_path / "errors.csv").read_text().splitlines()
+    assert lines == [
+        "actual,file,predicted,probability",
+        "NORMAL,n2.jpeg,PNEUMONIA,0.9",
+        "NORMAL,n1.jpeg,PNEUMONIA,0.6",
+        "PNEUMONIA,p1.jpeg,NORMAL,0.1",
+        "PNEUMONIA,p2.jpeg,NORMAL,0.3",
+    ]

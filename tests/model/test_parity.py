@@ -100,3 +100,15 @@ def test_parity_failure_writes_no_bundle(model, tmp_path):
     with pytest.raises(ParityError, match="not exporting"):
         export(model, SIZE, real_images("test", 2), METRICS, METRICS, strict, out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_per_image_standardisation_is_exported_inside_the_graph(tmp_path):
+    """train.input_norm=per_image lives in the network, so ONNX Runtime with the unchanged
+    serving preprocessing still computes what torch computes, and ignores exposure changes."""
+    model = calibrated_model(SIZE, "per_image")
+    bundle = Bundle(make_bundle(model, SIZE, tmp_path / "b", METRICS))
+    images = real_images("test", 6)
+    expected = positive_probability(predict_logits(model, images))
+    assert np.abs(bundle.probabilities(images) - expected).max() < 1e-4
+    darker = (images.astype(np.float32) * 0.7 + 20).round().astype(np.uint8)
+    assert np.abs(bundle.probabilities(darker) - bundle.probabilities(images)).max() < 0.02

@@ -108,11 +108,11 @@ def feedback_storage(settings, tmp_path):
     return tmp_path / "feedback-images"
 
 
-from tests.conftest import s3_server  # noqa: E402,F401  (a real S3 endpoint: moto_server)
+from tests.conftest import s3_server  # noqa: E402,F401,F811  (a real S3 endpoint: moto_server)
 
 
 @pytest.fixture
-def s3_bucket(s3_server, monkeypatch):
+def s3_bucket(s3_server, monkeypatch):  # noqa: F811 (the fixture imported above)
     """A fresh bucket on the local S3 endpoint, with the AWS_* variables boto3 reads."""
     import secrets
 

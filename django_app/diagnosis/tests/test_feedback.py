@@ -37,7 +37,8 @@ def stored_files(folder):
 
 def test_confirming_through_the_result_page(clinician, samples, feedback_storage):
     client = logged_in(clinician)
-    page = client.post("/", {"image": open(samples[0], "rb")})
+    with open(samples[0], "rb") as f:
+        page = client.post("/", {"image": f})
     html = page.content.decode()
     assert 'id="feedback-form"' in html and 'id="consent"' in html
     prediction = Prediction.objects.get(user=clinician)

@@ -33,7 +33,8 @@ def test_a_prediction_records_who_when_model_label_and_image_hash_not_the_image(
     # Nothing in the row can hold an image.
     fields = {f.name: f.get_internal_type() for f in Prediction._meta.get_fields() if f.concrete}
     assert "BinaryField" not in fields.values()
-    page = client.post("/", {"image": open(samples[2], "rb")})
+    with open(samples[2], "rb") as f:
+        page = client.post("/", {"image": f})
     assert page.status_code == 200
     assert Prediction.objects.filter(user=clinician, source="web").count() == 1
 
