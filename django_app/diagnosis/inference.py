@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,11 @@ class ServedModel:
         self.labels: list[str] = list(self.manifest["labels"])
         self.positive = self.labels.index(self.manifest["positive_label"])
         self.threshold = float(self.manifest["threshold"])
-        # Calibrated probabilities: softmax(logits / T), T fitted on validation by the pipeline.
-        self.temperature = float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+        # Calibrated probability: sigmoid(scale * logit margin + bias), fitted on validation by
+        # the pipeline (scale 1, bias 0 is the plain softmax).
+        calibration = self.manifest.get("calibration", {})
+        self.scale = float(calibration.get("scale", 1.0))
+        self.bias = float(calibration.get("bias", 0.0))
         self.class_weight = np.asarray(self.manifest["cam"]["head_weight"], np.float32)[
             self.positive
         ]
@@ -87,9 +91,9 @@ class ServedModel:
         logits, features = self.session.run(
             ["logits", "features"], {"image": self.model_input(gray)}
         )
-        scaled = logits[0] / self.temperature
-        exp = np.exp(scaled - scaled.max())
-        return float(exp[self.positive] / exp.sum()), features[0]
+        margin = float(logits[0, self.positive]) - float(logits[0, 1 - self.positive])
+        z = self.scale * margin + self.bias
+        return 0.5 * (1.0 + math.tanh(z / 2)), features[0]  # sigmoid(z) without overflow
 
     def predict(self, gray: Image.Image) -> Result:
         probability, features = self.probability(gray)

@@ -1,7 +1,9 @@
 """Stage ``evaluate``: choose the decision threshold on validation, measure on the test split.
 
-Probabilities are calibrated first: a temperature T (logits / T) is fitted on the validation
-split by minimising its negative log-likelihood; ``evaluate.calibration: none`` keeps T = 1.
+Probabilities are calibrated first, on the validation split, by minimising its negative
+log-likelihood: ``platt`` fits p = sigmoid(scale * margin + bias) on the logit margin
+(PNEUMONIA minus NORMAL logit), which also undoes the prior shift of class-weighted training;
+``temperature`` fits the scale only (bias 0); ``none`` keeps softmax (scale 1, bias 0).
 Writes ``metrics/val.json`` and ``metrics/test.json`` (accuracy, precision, sensitivity,
 specificity, F1, ROC AUC, PR AUC, confusion counts, threshold, expected calibration error before
 and after calibration, the temperature), the curves for ``dvc plots`` under ``metrics/plots/``
@@ -33,8 +35,39 @@ from pneumonia.model import load_checkpoint, positive_probability, predict_logit
 from pneumonia.prepare import PreparedSplit, load_split
 
 THRESHOLD_METHODS = ("min_sensitivity", "youden")
-CALIBRATIONS = ("temperature", "none")
+CALIBRATIONS = ("platt", "temperature", "none")
 ECE_BINS = 15
+
+
+def margin(logits: np.ndarray) -> np.ndarray:
+    """PNEUMONIA logit minus NORMAL logit: softmax's positive probability is sigmoid(margin)."""
+    logits = np.asarray(logits, np.float64)
+    return (
+        logits[:, config.LABELS.index(config.POSITIVE_LABEL)]
+        - logits[:, 1 - config.LABELS.index(config.POSITIVE_LABEL)]
+    )
+
+
+def calibrated_probability(logits: np.ndarray, scale: float, bias: float) -> np.ndarray:
+    """sigmoid(scale * margin + bias): the served probability of PNEUMONIA."""
+    return 0.5 * (1.0 + np.tanh((scale * margin(logits) + bias) / 2))  # sigmoid, no overflow
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(scale, bias) minimising the negative log-likelihood of sigmoid(scale * margin + bias)."""
+    from scipy.optimize import minimize
+
+    x, y = margin(logits), np.asarray(labels, np.float64)
+    if len(np.unique(y)) != 2:
+        raise ValueError("fitting a calibration needs both classes in the validation split")
+
+    def nll(params: np.ndarray) -> float:
+        z = params[0] * x + params[1]
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+    result = minimize(nll, np.array([1.0, 0.0]), method="L-BFGS-B",
+                      bounds=[(1e-3, 100.0), (-50.0, 50.0)])  # fmt: skip
+    return float(result.x[0]), float(result.x[1])
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -305,13 +338,15 @@ def evaluate(
     )
 
 
-def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, method: str) -> float:
-    """The temperature to divide logits by: fitted on validation, or 1 for ``none``."""
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, method: str) -> tuple[float, float]:
+    """(scale, bias) of the calibration ``method``, fitted on validation (see the module doc)."""
     if method == "none":
-        return 1.0
-    if method != "temperature":
-        raise ValueError(f"evaluate.calibration: one of {CALIBRATIONS}, not {method!r}")
-    return fit_temperature(val_logits, val_labels)
+        return 1.0, 0.0
+    if method == "temperature":
+        return 1.0 / fit_temperature(val_logits, val_labels), 0.0
+    if method == "platt":
+        return fit_platt(val_logits, val_labels)
+    raise ValueError(f"evaluate.calibration: one of {CALIBRATIONS}, not {method!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,16 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = load_checkpoint(config.MODEL_FILE)
     val, test = load_split("val"), load_split("test")
     val_logits, test_logits = predict_logits(model, val.images), predict_logits(model, test.images)
-    temperature = calibrate(val_logits, val.labels, params.get("calibration", "none"))
-    val_prob = positive_probability(val_logits / temperature)
-    test_prob = positive_probability(test_logits / temperature)
+    method = params.get("calibration", "none")
+    scale, bias = calibrate(val_logits, val.labels, method)
+    val_prob = calibrated_probability(val_logits, scale, bias)
+    test_prob = calibrated_probability(test_logits, scale, bias)
     val_metrics, test_metrics = evaluate(val_prob, val.labels, test_prob, test.labels, params)
     outcomes = (
         (val_metrics, val, val_logits, val_prob),
         (test_metrics, test, test_logits, test_prob),
     )
     for metrics, split, logits, prob in outcomes:
-        metrics["temperature"] = temperature
+        metrics["calibration"] = method
+        metrics["calibration_scale"], metrics["calibration_bias"] = scale, bias
         metrics["ece"] = expected_calibration_error(split.labels, prob)
         metrics["ece_uncalibrated"] = expected_calibration_error(
             split.labels, positive_probability(logits)
@@ -345,8 +382,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with tracking.resume_run() as mlflow:
-            mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items() if v is not None})
-            mlflow.log_metrics({f"val_{k}": v for k, v in val_metrics.items() if v is not None})
+            for prefix, metrics in (("test", test_metrics), ("val", val_metrics)):
+                numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+                mlflow.log_metrics({f"{prefix}_{k}": v for k, v in numbers.items()})
+            mlflow.set_tag("calibration", method)
             for figure in figures:
                 mlflow.log_artifact(str(figure), artifact_path="figures")
             mlflow.log_artifact(str(config.METRICS_DIR / "test.json"), artifact_path="metrics")

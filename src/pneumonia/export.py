@@ -119,10 +119,12 @@ def build_manifest(
             "head_weight": model.fc.weight.detach().numpy().round(7).tolist(),
             "head_bias": model.fc.bias.detach().numpy().round(7).tolist(),
         },
-        # Probabilities are softmax(logits / temperature); the threshold applies to them.
+        # The served probability is sigmoid(scale * (PNEUMONIA logit - NORMAL logit) + bias),
+        # fitted on validation by the evaluate stage; the threshold applies to it.
         "calibration": {
-            "method": "temperature" if val_metrics.get("temperature", 1.0) != 1.0 else "none",
-            "temperature": float(val_metrics.get("temperature", 1.0)),
+            "method": str(val_metrics.get("calibration", "none")),
+            "scale": float(val_metrics.get("calibration_scale", 1.0)),
+            "bias": float(val_metrics.get("calibration_bias", 0.0)),
             "fitted_on": "validation",
             "ece_validation": val_metrics.get("ece"),
         },

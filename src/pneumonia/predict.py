@@ -62,7 +62,9 @@ class Bundle:
         self.labels: list[str] = self.manifest["labels"]
         self.positive = self.labels.index(self.manifest["positive_label"])
         self.threshold = float(self.manifest["threshold"])
-        self.temperature = float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+        calibration = self.manifest.get("calibration", {})
+        self.scale = float(calibration.get("scale", 1.0))
+        self.bias = float(calibration.get("bias", 0.0))
         self.head_weight = np.asarray(self.manifest["cam"]["head_weight"], np.float32)
         self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
@@ -80,14 +82,20 @@ class Bundle:
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
         """Calibrated positive-class probability per image of a uint8 grayscale batch."""
-        return softmax(self.run(gray)[0] / self.temperature)[:, self.positive]
+        return self.calibrated(self.run(gray)[0])
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """Positive-class probability from logits, with the bundle's calibration."""
+        margin = logits[:, self.positive] - logits[:, 1 - self.positive]
+        z = self.scale * margin.astype(np.float64) + self.bias
+        return 0.5 * (1.0 + np.tanh(z / 2))  # sigmoid(z) without overflow
 
     def predict_bytes(self, data: bytes) -> Prediction:
         """Decode, validate (``InvalidImageError`` for bad input) and predict one image file."""
         image, _ = decode_image(data)
         gray = resize(image, self.size)[None]
         logits, features = self.run(gray)
-        probability = float(softmax(logits / self.temperature)[0, self.positive])
+        probability = float(self.calibrated(logits)[0])
         positive = probability >= self.threshold
         label = self.labels[self.positive if positive else 1 - self.positive]
         cam = class_activation_map(features[0], self.head_weight[self.positive], self.size)

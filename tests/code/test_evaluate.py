@@ -102,15 +102,42 @@ def test_reliability_bins_and_ece_by_hand():
     assert expected_calibration_error(labels, prob, bins=10) == pytest.approx(0.05)
 
 
+def test_platt_calibration_undoes_a_prior_shift_that_temperature_cannot():
+    from pneumonia.evaluate import calibrate, calibrated_probability, expected_calibration_error
+
+    rng = np.random.default_rng(1)
+    true_margin = rng.normal(1.0, 2.5, size=5000)
+    labels = (rng.random(5000) < 1 / (1 + np.exp(-true_margin))).astype(int)
+    # What class weighting does: margins pushed towards the minority class, and overconfident.
+    seen = 2.0 * (true_margin - 1.5)
+    logits = np.stack([np.zeros_like(seen), seen], axis=1)
+    scale, bias = calibrate(logits, labels, "platt")
+    assert scale == pytest.approx(0.5, rel=0.1) and bias == pytest.approx(1.5, abs=0.2)
+    platt = expected_calibration_error(labels, calibrated_probability(logits, scale, bias))
+    t_scale, t_bias = calibrate(logits, labels, "temperature")
+    temperature = expected_calibration_error(labels, calibrated_probability(logits, t_scale, 0))
+    assert t_bias == 0.0 and platt < 0.02 < temperature
+
+
+def test_calibrated_probability_is_softmax_without_calibration_and_never_overflows():
+    from pneumonia.evaluate import calibrated_probability
+    from pneumonia.model import positive_probability
+
+    logits = np.array([[0.3, 2.0], [1.0, -1.0], [900.0, -900.0], [-900.0, 900.0]])
+    assert calibrated_probability(logits, 1.0, 0.0) == pytest.approx(positive_probability(logits))
+    assert calibrated_probability(logits, 1.0, 0.0)[2:].tolist() == [0.0, 1.0]
+
+
 def test_calibration_method_none_and_unknown():
     from pneumonia.evaluate import calibrate
 
     logits = np.array([[0.0, 1.0], [1.0, 0.0]])
-    assert calibrate(logits, np.array([1, 0]), "none") == 1.0
+    assert calibrate(logits, np.array([1, 0]), "none") == (1.0, 0.0)
     with pytest.raises(ValueError, match="evaluate.calibration"):
-        calibrate(logits, np.array([1, 0]), "platt")
-    with pytest.raises(ValueError, match="both classes"):
-        calibrate(logits, np.array([1, 1]), "temperature")
+        calibrate(logits, np.array([1, 0]), "isotonic")
+    for method in ("temperature", "platt"):
+        with pytest.raises(ValueError, match="both classes"):
+            calibrate(logits, np.array([1, 1]), method)
 
 
 def test_errors_are_listed_by_class_most_confident_first(tmp_path):

@@ -107,24 +107,26 @@ def test_damaged_dicom_is_refused_politely():
         read_upload(data[: len(data) // 2])
 
 
-def test_the_bundles_calibration_temperature_is_applied(torch_model, tmp_path, samples):
-    """model.json's temperature turns logits into calibrated probabilities, in the app and in
+def test_the_bundles_calibration_is_applied(torch_model, tmp_path, samples):
+    """model.json's calibration turns logits into calibrated probabilities, in the app and in
     the pipeline's serving code alike."""
     from diagnosis.tests.conftest import METRICS
+    from pneumonia.evaluate import calibrated_probability
     from tests.bundles import make_bundle
 
-    bundle = make_bundle(torch_model, SIZE, tmp_path / "b", {**METRICS, "temperature": 2.5})
+    calibration = {"calibration": "platt", "calibration_scale": 0.4, "calibration_bias": 1.5}
+    bundle = make_bundle(torch_model, SIZE, tmp_path / "b", {**METRICS, **calibration})
     served, plain = ServedModel(bundle), get_model()
-    assert served.temperature == 2.5 and plain.temperature == 1.0
+    assert (served.scale, served.bias) == (0.4, 1.5) and (plain.scale, plain.bias) == (1.0, 0.0)
     for path in samples[:6]:
         gray = read_upload(path.read_bytes())
         logits = predict_logits(torch_model, resize(load_image(path), SIZE)[None])
-        expected = float(positive_probability(logits / 2.5)[0])
+        expected = float(calibrated_probability(logits, 0.4, 1.5)[0])
         assert served.probability(gray)[0] == pytest.approx(expected, abs=1e-3)
         assert Bundle(bundle).predict_bytes(path.read_bytes()).probability == pytest.approx(
             served.probability(gray)[0], abs=1e-6
         )
-    # Softer: calibrated probabilities sit closer to 0.5 than the raw ones.
-    raw = plain.probability(read_upload(samples[0].read_bytes()))[0]
-    calibrated = served.probability(read_upload(samples[0].read_bytes()))[0]
-    assert abs(calibrated - 0.5) < abs(raw - 0.5)
+        uncalibrated = float(positive_probability(logits)[0])
+        assert abs(expected - uncalibrated) > 0.05  # the calibration really changes the answer
+    manifest = Bundle(bundle).manifest["calibration"]
+    assert manifest["method"] == "platt" and manifest["fitted_on"] == "validation"
