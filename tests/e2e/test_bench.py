@@ -18,7 +18,8 @@ METRICS = {"threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.95, "specificity"
 
 def test_training_step_benchmark_runs():
     result = run([sys.executable, "bench/train_step.py", "--quick"], REPO, tool_env())
-    assert "| fp32 (baseline) |" in result.stdout and "1.00x |" in result.stdout
+    assert "| baseline: fp32, decode JPEGs every step |" in result.stdout
+    assert "1.00x |" in result.stdout and "native bf16:" in result.stdout
 
 
 def test_inference_and_web_benchmarks_run(tmp_path):
