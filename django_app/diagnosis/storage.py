@@ -1,33 +1,22 @@
 """Where consented feedback images are kept: S3 (production) or a local folder (default).
 
-Images arrive here already free of metadata (re-encoded from pixels by ``clean_png``) and are
-named by the sha256 of their content, so a stored name says nothing about the patient.
+Images arrive here already free of metadata (re-encoded from their pixels by
+``inference.to_png``) and are named by the sha256 of their content, so a stored name says
+nothing about the patient.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
-from PIL import Image
 
 
 class StorageUnavailable(RuntimeError):
     """The image store cannot be written or read; the message says what to check."""
-
-
-def clean_png(image: Image.Image) -> bytes:
-    """PNG of the pixels only: a new image from the pixel array carries no EXIF, no DICOM
-    tags, no text chunks, nothing but grayscale values."""
-    pixels = np.asarray(image.convert("L"), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def content_name(data: bytes) -> str:
