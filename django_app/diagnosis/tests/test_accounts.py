@@ -195,3 +195,25 @@ def test_deactivated_users_tokens_stop_working(clinician):
     clinician.is_active = False
     clinician.save()
     assert client.get("/api/v1/predictions").status_code == 401
+
+
+def test_staff_create_clinicians_in_the_admin_with_the_password_rules(staff):
+    admin = Client()
+    admin.force_login(staff)
+    weak = admin.post("/admin/auth/user/add/", {
+        "username": "dr_new", "password1": "dr_new123", "password2": "dr_new123",
+        "usable_password": "true"})  # fmt: skip
+    assert weak.status_code == 200 and "too similar to the username" in weak.content.decode()
+    assert not get_user_model().objects.filter(username="dr_new").exists()
+    good = "Radiograph-Review-9"
+    ok = admin.post("/admin/auth/user/add/", {
+        "username": "dr_new", "password1": good, "password2": good, "usable_password": "true"})  # fmt: skip
+    assert ok.status_code == 302
+    assert Client().login(username="dr_new", password=good)
+
+
+def test_staff_cannot_make_themselves_superusers(staff):
+    admin = Client()
+    admin.force_login(staff)
+    page = admin.get(f"/admin/auth/user/{staff.pk}/change/").content.decode()
+    assert 'name="is_superuser"' not in page and 'name="is_staff"' in page
