@@ -206,8 +206,8 @@ def test_staff_create_clinicians_in_the_admin_with_the_password_rules(staff):
     assert weak.status_code == 200 and "too similar to the username" in weak.content.decode()
     assert not get_user_model().objects.filter(username="dr_new").exists()
     good = "Radiograph-Review-9"
-    ok = admin.post("/admin/auth/user/add/", {
-        "username": "dr_new", "password1": good, "password2": good, "usable_password": "true"})  # fmt: skip
+    form = {"username": "dr_new", "password1": good, "password2": good, "usable_password": "true"}
+    ok = admin.post("/admin/auth/user/add/", form)
     assert ok.status_code == 302
     assert Client().login(username="dr_new", password=good)
 
