@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pneumonia.config import SHARED_DATA_DIR  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
 from pneumonia.model import build_model, to_input  # noqa: E402
+from pneumonia.train import native_bf16  # noqa: E402
 
 # name: (decode JPEGs every step, bf16 autocast, channels_last)
 VARIANTS = {
@@ -39,14 +40,6 @@ VARIANTS = {
     "+ decoded cache + bf16 autocast": (False, True, False),
     "+ decoded cache + channels_last + bf16 (train.precision: bf16)": (False, True, True),
 }
-
-
-def native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX512-BF16 / AMX); else it emulates it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def make_step(decode: bool, bf16: bool, channels_last: bool, files: list[Path], size: int,

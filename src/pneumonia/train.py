@@ -124,6 +124,24 @@ def lr_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 autocast
+    is emulated and slower than fp32 (docs/benchmarks.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str) -> str:
+    """``fp32``, ``bf16``, or ``auto``: bf16 where the CPU has native bf16, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+    return precision
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -148,9 +166,7 @@ def train(
         weight=weight, label_smoothing=float(params.get("label_smoothing", 0.0))
     )
     aug = Augment(**params.get("augment", {}))
-    precision = params.get("precision", "fp32")
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
+    precision = resolve_precision(params.get("precision", "fp32"))
     batch_size = int(params["batch_size"])
     images = torch.from_numpy(train_split.images)
     labels = torch.from_numpy(train_split.labels)
@@ -267,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         model, history = train(model, train_split, val_split, params, on_epoch=log_epoch)
         summary = summarize(history)
         mlflow.log_metrics({f"train_{k}": float(v) for k, v in summary.items()})
+        mlflow.set_tag("train.precision_used", resolve_precision(params.get("precision", "fp32")))
 
     save_checkpoint(model, config.MODEL_FILE, train_split.images.shape[-1], str(params["weights"]))
     (config.METRICS_DIR / "train.json").write_text(json.dumps(summary, indent=2) + "\n")

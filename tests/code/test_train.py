@@ -81,6 +81,15 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
         lr_schedule(optimizer, "step", 10)
 
 
+def test_auto_precision_follows_the_cpu():
+    from pneumonia.train import native_bf16, resolve_precision
+
+    assert resolve_precision("auto") == ("bf16" if native_bf16() else "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="'auto'"):
+        resolve_precision("fp16")
+
+
 def test_per_image_input_norm_ignores_exposure():
     torch.manual_seed(0)
     model = build_model("none", "per_image").eval()
