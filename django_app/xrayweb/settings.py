@@ -125,7 +125,7 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",
         "LOCATION": "heatmap_cache",
         "TIMEOUT": 15 * 60,
-        "OPTIONS": {"MAX_ENTRIES": 5000},
+        "OPTIONS": {"MAX_ENTRIES": 2000},  # expired entries are culled only above this
     }
 }
 
