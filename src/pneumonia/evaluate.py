@@ -30,7 +30,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pneumonia import config, tracking
+from pneumonia import config, predict, tracking
 from pneumonia.model import load_checkpoint, positive_probability, predict_logits
 from pneumonia.prepare import PreparedSplit, load_split
 
@@ -39,54 +39,45 @@ CALIBRATIONS = ("platt", "temperature", "none")
 ECE_BINS = 15
 
 
-def margin(logits: np.ndarray) -> np.ndarray:
-    """PNEUMONIA logit minus NORMAL logit: softmax's positive probability is sigmoid(margin)."""
-    logits = np.asarray(logits, np.float64)
-    return (
-        logits[:, config.LABELS.index(config.POSITIVE_LABEL)]
-        - logits[:, 1 - config.LABELS.index(config.POSITIVE_LABEL)]
-    )
+POSITIVE = config.LABELS.index(config.POSITIVE_LABEL)
 
 
 def calibrated_probability(logits: np.ndarray, scale: float, bias: float) -> np.ndarray:
-    """sigmoid(scale * margin + bias): the served probability of PNEUMONIA."""
-    return 0.5 * (1.0 + np.tanh((scale * margin(logits) + bias) / 2))  # sigmoid, no overflow
+    """sigmoid(scale * margin + bias): the served probability of PNEUMONIA (``predict``'s)."""
+    return predict.calibrated_probability(logits, scale, bias, POSITIVE)
 
 
-def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(scale, bias) minimising the negative log-likelihood of sigmoid(scale * margin + bias)."""
+def _fit_margin(logits: np.ndarray, labels: np.ndarray, bias: bool,
+                scale_bounds: tuple[float, float]) -> tuple[float, float]:  # fmt: skip
+    """(scale, bias) minimising the negative log-likelihood of sigmoid(scale * margin + bias),
+    the bias held at 0 unless ``bias``."""
     from scipy.optimize import minimize
 
-    x, y = margin(logits), np.asarray(labels, np.float64)
+    x, y = predict.logit_margin(logits, POSITIVE), np.asarray(labels, np.float64)
     if len(np.unique(y)) != 2:
         raise ValueError("fitting a calibration needs both classes in the validation split")
 
     def nll(params: np.ndarray) -> float:
-        z = params[0] * x + params[1]
+        z = params[0] * x + (params[1] if bias else 0.0)
         return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
-    result = minimize(nll, np.array([1.0, 0.0]), method="L-BFGS-B",
-                      bounds=[(1e-3, 100.0), (-50.0, 50.0)])  # fmt: skip
-    return float(result.x[0]), float(result.x[1])
+    start, bounds = [1.0], [scale_bounds]
+    if bias:
+        start, bounds = [1.0, 0.0], [scale_bounds, (-50.0, 50.0)]
+    result = minimize(nll, np.array(start), method="L-BFGS-B", bounds=bounds)
+    return float(result.x[0]), float(result.x[1]) if bias else 0.0
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(scale, bias) of sigmoid(scale * margin + bias), by maximum likelihood."""
+    return _fit_margin(logits, labels, bias=True, scale_bounds=(1e-3, 100.0))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T > 0 minimising the mean negative log-likelihood of softmax(logits / T)."""
-    from scipy.optimize import minimize_scalar
-
-    logits = np.asarray(logits, np.float64)
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) != 2:
-        raise ValueError("fitting a temperature needs both classes in the validation split")
-
-    def nll(log_t: float) -> float:
-        z = logits / np.exp(log_t)
-        z = z - z.max(axis=1, keepdims=True)
-        log_prob = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return float(-log_prob[np.arange(len(labels)), labels].mean())
-
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
+    """The T > 0 minimising the mean negative log-likelihood of softmax(logits / T), which for
+    two classes is sigmoid(margin / T): the scale-only fit."""
+    scale, _ = _fit_margin(logits, labels, bias=False, scale_bounds=(1 / 20.0, 1 / 0.05))
+    return 1.0 / scale
 
 
 def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS):

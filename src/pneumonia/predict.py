@@ -86,9 +86,7 @@ class Bundle:
 
     def calibrated(self, logits: np.ndarray) -> np.ndarray:
         """Positive-class probability from logits, with the bundle's calibration."""
-        margin = logits[:, self.positive] - logits[:, 1 - self.positive]
-        z = self.scale * margin.astype(np.float64) + self.bias
-        return 0.5 * (1.0 + np.tanh(z / 2))  # sigmoid(z) without overflow
+        return calibrated_probability(logits, self.scale, self.bias, self.positive)
 
     def predict_bytes(self, data: bytes) -> Prediction:
         """Decode, validate (``InvalidImageError`` for bad input) and predict one image file."""
@@ -100,6 +98,20 @@ class Bundle:
         label = self.labels[self.positive if positive else 1 - self.positive]
         cam = class_activation_map(features[0], self.head_weight[self.positive], self.size)
         return Prediction(label=label, probability=probability, threshold=self.threshold, cam=cam)
+
+
+def logit_margin(logits: np.ndarray, positive: int) -> np.ndarray:
+    """Positive-class logit minus the other one: softmax's positive probability is its sigmoid."""
+    logits = np.asarray(logits, np.float64)
+    return logits[:, positive] - logits[:, 1 - positive]
+
+
+def calibrated_probability(logits: np.ndarray, scale: float, bias: float,
+                           positive: int) -> np.ndarray:  # fmt: skip
+    """sigmoid(scale * margin + bias): the served probability of the positive class (the
+    evaluate stage fits ``scale`` and ``bias``; 1 and 0 give the plain softmax)."""
+    z = scale * logit_margin(logits, positive) + bias
+    return 0.5 * (1.0 + np.tanh(z / 2))  # sigmoid(z) without overflow
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
