@@ -52,6 +52,14 @@ def member_path(feedback: Feedback) -> str:
     return f"{feedback.true_label}/fb-{feedback.image_name.removesuffix('.png')[:32]}.png"
 
 
+def _record(name: str, created_by: str, exported: list[Feedback]) -> DatasetExport:
+    """Record the export and mark its feedback, so nothing is exported twice."""
+    export = DatasetExport.objects.create(name=name, created_by=created_by,
+                                          image_count=len(exported))  # fmt: skip
+    Feedback.objects.filter(pk__in=[f.pk for f in exported]).update(exported_in=export)
+    return export
+
+
 def export_to_folder(out_dir: Path, created_by: str) -> tuple[DatasetExport | None, Path | None]:
     """Write everything pending to a new folder under ``out_dir``; (record, folder) or
     (None, None) when there is nothing new."""
@@ -79,10 +87,7 @@ def export_to_folder(out_dir: Path, created_by: str) -> tuple[DatasetExport | No
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        export = DatasetExport.objects.create(
-            name=name, created_by=created_by, image_count=len(pending)
-        )
-        Feedback.objects.filter(pk__in=[f.pk for f in pending]).update(exported_in=export)
+        export = _record(name, created_by, pending)
     return export, final
 
 
@@ -98,8 +103,5 @@ def export_to_zip(created_by: str, queryset=None) -> tuple[DatasetExport | None,
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
             for feedback in pending:  # PNGs are compressed already
                 archive.writestr(f"{name}/{member_path(feedback)}", store.get(feedback.image_name))
-        export = DatasetExport.objects.create(
-            name=name, created_by=created_by, image_count=len(pending)
-        )
-        Feedback.objects.filter(pk__in=[f.pk for f in pending]).update(exported_in=export)
+        export = _record(name, created_by, pending)
     return export, buffer.getvalue()
