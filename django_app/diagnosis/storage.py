@@ -7,6 +7,7 @@ nothing about the patient.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -91,5 +92,12 @@ def image_store() -> LocalImageStore | S3ImageStore:
         bucket, _, prefix = location[len("s3://") :].partition("/")
         if not bucket:
             raise StorageUnavailable(f"FEEDBACK_STORAGE={location!r} names no bucket")
-        return S3ImageStore(bucket, prefix)
+        return _s3_store(bucket, prefix)
     return LocalImageStore(Path(location))
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_store(bucket: str, prefix: str) -> S3ImageStore:
+    """One boto3 client per process and location: making one loads botocore's service models,
+    which is not work to repeat on every consented feedback (boto3 clients are thread-safe)."""
+    return S3ImageStore(bucket, prefix)
