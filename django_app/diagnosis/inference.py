@@ -34,8 +34,8 @@ class Result:
     label: str
     probability: float  # of PNEUMONIA
     threshold: float
-    original_png: bytes  # the upload as the clinician sees it (downscaled for display)
-    heatmap_png: bytes  # class activation map blended over it
+    original_png: bytes  # the upload as the clinician sees it (downscaled for display), lossless
+    heatmap_jpeg: bytes  # class activation map blended over it, for viewing only
 
 
 class ServedModel:
@@ -106,7 +106,7 @@ class ServedModel:
             probability=probability,
             threshold=self.threshold,
             original_png=to_png(display),
-            heatmap_png=to_png(overlay(display, cam)),
+            heatmap_jpeg=to_jpeg(overlay(display, cam)),
         )
 
 
@@ -126,15 +126,28 @@ _RAMP = np.array(
 )
 
 
+def _overlay_tables(levels: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Colour (levels x 3) and opacity (levels) of each evidence level, as uint8."""
+    evidence = np.linspace(0.0, 1.0, levels, dtype=np.float32)
+    position = evidence * (len(_RAMP) - 1)
+    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (position - low)[:, None]
+    colour = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
+    opacity = 0.15 + 0.5 * evidence
+    return np.round(colour).astype(np.uint8), np.round(opacity * 255).astype(np.uint8)
+
+
+# Looked up per pixel instead of computed in float: 256 evidence levels are finer than the
+# map itself (a 7 x 7 feature map upsampled), and the overlay took 4x less time (~10 -> 2.6 ms
+# at 512 px; bench/request_profile.py).
+_COLOUR, _OPACITY = _overlay_tables()
+
+
 def overlay(gray: Image.Image, cam: np.ndarray) -> Image.Image:
     """Blend a colour-coded ``cam`` over the grayscale image; opacity grows with the evidence."""
-    position = cam * (len(_RAMP) - 1)
-    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
-    frac = (position - low)[..., None]
-    colour = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
-    base = np.repeat(np.asarray(gray, np.float32)[..., None], 3, axis=2)
-    alpha = (0.15 + 0.5 * cam)[..., None]
-    return Image.fromarray(np.round(base * (1 - alpha) + colour * alpha).astype(np.uint8))
+    level = np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)
+    colour = Image.fromarray(_COLOUR[level])
+    return Image.composite(colour, gray.convert("RGB"), Image.fromarray(_OPACITY[level]))
 
 
 def to_png(image: Image.Image) -> bytes:
@@ -144,6 +157,14 @@ def to_png(image: Image.Image) -> bytes:
     # 10-15% larger; at level 6 encoding cost four times the model itself.
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(image)).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def to_jpeg(image: Image.Image) -> bytes:
+    """JPEG (quality 90) of the pixels only, for the heat map: a picture to look at, never kept
+    for training; 0.5 ms and ~30 KB instead of 10 ms and ~215 KB as a PNG at 512 px."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 

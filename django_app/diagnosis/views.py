@@ -88,8 +88,8 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
     return result, prediction
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 @require_http_methods(["GET", "POST"])
@@ -112,8 +112,8 @@ def upload(request: HttpRequest) -> HttpResponse:
             "prediction": prediction,
             "percent": round(result.probability * 100, 1),
             "threshold_percent": round(result.threshold * 100, 1),
-            "original_uri": _data_uri(result.original_png),
-            "heatmap_uri": _data_uri(result.heatmap_png),
+            "original_uri": _data_uri(result.original_png, "image/png"),
+            "heatmap_uri": _data_uri(result.heatmap_jpeg, "image/jpeg"),
             "labels": [value for value, _ in LABEL_CHOICES],
             "hold_minutes": settings.FEEDBACK_HOLD_SECONDS // 60,
         },
@@ -375,7 +375,7 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
     except UploadError as exc:
         return api_error(exc.status, exc.code, exc.message)
     token = secrets.token_urlsafe(18)
-    cache.set(f"heatmap:{token}", (request.user.pk, result.heatmap_png))
+    cache.set(f"heatmap:{token}", (request.user.pk, result.heatmap_jpeg))
     return JsonResponse(
         {
             **_prediction_json(request, prediction),
@@ -441,7 +441,7 @@ def heatmap(request: HttpRequest, token: str) -> HttpResponse:
     held = cache.get(f"heatmap:{token}")
     if held is None or held[0] != request.user.pk:
         return api_error(404, "not_found", "This heat map does not exist or has expired.")
-    response = HttpResponse(held[1], content_type="image/png")
+    response = HttpResponse(held[1], content_type="image/jpeg")
     response["Cache-Control"] = "private, no-store"
     return response
 

@@ -26,7 +26,7 @@ urlpatterns = [
     path("api/v1/predictions", views.api_predictions, name="api_predictions"),
     path("api/v1/predictions/<int:pk>", views.api_prediction, name="api_prediction"),
     path("api/v1/predictions/<int:pk>/feedback", views.api_feedback, name="api_feedback"),
-    path("api/v1/heatmaps/<str:token>.png", views.heatmap, name="heatmap"),
+    path("api/v1/heatmaps/<str:token>.jpg", views.heatmap, name="heatmap"),
 ]
 
 handler400 = views.bad_request

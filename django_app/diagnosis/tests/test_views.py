@@ -80,7 +80,8 @@ def test_form_upload_of_a_real_xray_shows_the_result(client, samples):
     assert page.status_code == 200
     html = page.content.decode()
     assert 'id="label">NORMAL<' in html or 'id="label">PNEUMONIA<' in html
-    assert html.count("data:image/png;base64,") == 2  # the original and the heat map
+    assert html.count("data:image/png;base64,") == 1  # the original, lossless
+    assert html.count("data:image/jpeg;base64,") == 1  # the heat map
     assert "sensitivity 0.960" in html and "specificity 0.810" in html
     assert "Decision support, not a diagnosis" in html
 
@@ -143,10 +144,11 @@ def test_api_returns_the_prediction_and_a_working_heatmap_link(client, samples):
                              "sha256": model.sha256}  # fmt: skip
     path = body["heatmap_url"].split("testserver", 1)[1]
     heatmap = client.get(path)
-    assert heatmap.status_code == 200 and heatmap["Content-Type"] == "image/png"
-    assert Image.open(io.BytesIO(heatmap.content)).mode == "RGB"
+    assert heatmap.status_code == 200 and heatmap["Content-Type"] == "image/jpeg"
+    shown = Image.open(io.BytesIO(heatmap.content))
+    assert shown.format == "JPEG" and shown.mode == "RGB" and not shown.info.get("exif")
     assert heatmap["Cache-Control"] == "private, no-store"
-    assert client.get("/api/v1/heatmaps/not-a-token.png").json()["error"]["code"] == "not_found"
+    assert client.get("/api/v1/heatmaps/not-a-token.jpg").json()["error"]["code"] == "not_found"
 
 
 def test_api_errors_are_json(client):
