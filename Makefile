@@ -79,6 +79,7 @@ format: install ## ruff: fix imports and format
 bench: install ## training step, inference and web benchmarks (QUICK=1: only check they run)
 	$(BIN)/python bench/train_step.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/inference.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/request_profile.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/web.py $(if $(QUICK),--quick)
 
 bench-pipeline: data ## time every stage on the full data (random init): docs/benchmarks.md

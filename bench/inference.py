@@ -1,18 +1,26 @@
-"""Single-image inference latency: torch eager vs the served ONNX model (onnxruntime).
+"""Single-image inference latency and test accuracy: torch eager, the float ONNX graph and
+the INT8 one (``pneumonia.quantize``) in onnxruntime.
 
     python bench/inference.py [--runs 200] [--quick]
 
-Uses the pipeline's outputs (models/model.pt, models/bundle/) and a real X-ray; times the
-model call alone on a preprocessed 1 x 3 x S x S input (median and p95), after a warm-up, side
-by side in one process. onnxruntime is timed as the web app runs it (1 intra-op thread per
-worker) and with its default threads. Prints a Markdown table.
+Uses the pipeline's outputs (models/model.pt, models/bundle/, data/prepared/) and a real X-ray;
+times the model call alone on a preprocessed 1 x 3 x S x S input (median and p95), after a
+warm-up, side by side in one process. onnxruntime is timed as the web app runs it (1 intra-op
+thread per worker) and with its default threads. The float ONNX graph is exported here from
+models/model.pt as the export stage does; the INT8 one is the served bundle when it is
+quantised (export.quantize: int8), else built here from 128 training images. Accuracy: every
+model on the prepared test split, with the bundle's calibration and threshold (chosen on
+validation). Prints Markdown tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +30,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from pneumonia.config import PREPARED_DIR, load_params  # noqa: E402
 from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
-from pneumonia.model import load_checkpoint, to_input  # noqa: E402
-from pneumonia.predict import Bundle  # noqa: E402
+from pneumonia.evaluate import classification_metrics  # noqa: E402
+from pneumonia.export import export_onnx  # noqa: E402
+from pneumonia.model import load_checkpoint, predict_logits, to_input  # noqa: E402
+from pneumonia.predict import Bundle, sha256_file  # noqa: E402
+from pneumonia.prepare import load_split  # noqa: E402
+from pneumonia.quantize import calibration_sample, quantize_bundle  # noqa: E402
 
 
 def timed(call, runs: int, warmup: int) -> list[float]:
@@ -39,9 +52,17 @@ def timed(call, runs: int, warmup: int) -> list[float]:
     return times
 
 
-def summary(name: str, times: list[float]) -> str:
-    p95 = float(np.percentile(times, 95))
-    return f"| {name} | {statistics.median(times):.1f} | {p95:.1f} |"
+def session(onnx_path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(bundle: Bundle, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    return np.concatenate([bundle.run(images[i : i + batch])[0]
+                           for i in range(0, len(images), batch)])  # fmt: skip
 
 
 def main() -> int:
@@ -50,40 +71,73 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="5 runs: checks that it works")
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "bundle")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "model.pt")
+    parser.add_argument("--prepared", type=Path, default=PREPARED_DIR)
     args = parser.parse_args()
     runs, warmup = (5, 1) if args.quick else (args.runs, 10)
-    import onnxruntime as ort
 
     model, size = load_checkpoint(args.model)
     bundle = Bundle(args.bundle)
+    served = "INT8" if "quantization" in bundle.manifest else "float"
+    test = load_split("test", args.prepared)
+    tmp = Path(tempfile.mkdtemp(prefix="inference-bench-"))
+    # The float graph as the export stage writes it, in a bundle with the served model.json.
+    float_dir = tmp / "float"
+    float_dir.mkdir()
+    export_onnx(model, size, float_dir / "model.onnx", int(load_params()["export"]["opset"]))
+    manifest = {k: v for k, v in bundle.manifest.items() if k != "quantization"}
+    manifest["onnx_sha256"] = sha256_file(float_dir / "model.onnx")
+    (float_dir / "model.json").write_text(json.dumps(manifest))
+    int8_dir = args.bundle
+    if served == "float":
+        train = load_split("train", args.prepared)
+        sample = calibration_sample(train.images, train.labels, 16 if args.quick else 128)
+        int8_dir = tmp / "int8"
+        quantize_bundle(float_dir, int8_dir, sample)
+    bundles = {
+        f"onnxruntime float{' (served)' if served == 'float' else ''}": (
+            Bundle(float_dir),
+            float_dir,
+        ),
+        f"onnxruntime INT8{' (served)' if served == 'INT8' else ''}": (Bundle(int8_dir), int8_dir),
+    }
+
     image = sorted(SAMPLES.rglob("*.jpeg"))[0]  # a full-size original, as uploaded
     gray = resize(load_image(image), size)[None]
     x_torch = to_input(torch.from_numpy(gray))
     x_onnx = bundle.preprocess(gray)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    single = ort.InferenceSession(str(args.bundle / "model.onnx"), options,
-                                  providers=["CPUExecutionProvider"])  # fmt: skip
-
     def torch_call():
         with torch.no_grad():
             model(x_torch)
 
-    rows = [
-        ("torch eager (fp32, 2 threads)", timed(torch_call, runs, warmup)),
-        ("onnxruntime, 1 thread (as served)",
-         timed(lambda: single.run(["logits"], {"image": x_onnx}), runs, warmup)),
-        ("onnxruntime, default threads",
-         timed(lambda: bundle.session.run(["logits"], {"image": x_onnx}), runs, warmup)),
-    ]  # fmt: skip
+    rows = [("torch eager (fp32, 2 threads)", timed(torch_call, runs, warmup))]
+    for name, (_, bundle_dir) in bundles.items():
+        for threads, how in ((1, "1 thread (as served)"), (0, "default threads")):
+            run = session(bundle_dir / "model.onnx", threads)
+            call = lambda run=run: run.run(["logits"], {"image": x_onnx})  # noqa: E731
+            rows.append((f"{name}, {how}", timed(call, runs, warmup)))
     print(f"Single {size} px image, model call only, {runs} runs after {warmup} warm-up.\n")
-    print("| runtime | median (ms) | p95 (ms) |\n|---|---:|---:|")
-    for name, times in rows:
-        print(summary(name, times))
+    print("| runtime | median (ms) | p95 (ms) | vs torch eager |\n|---|---:|---:|---:|")
     eager = statistics.median(rows[0][1])
-    print(f"\nonnxruntime (default threads) speed-up over torch eager: "
-          f"{eager / statistics.median(rows[2][1]):.2f}x")  # fmt: skip
+    for name, times in rows:
+        median, p95 = statistics.median(times), float(np.percentile(times, 95))
+        print(f"| {name} | {median:.1f} | {p95:.1f} | {eager / median:.2f}x |")
+
+    logits = {"torch eager (fp32)": predict_logits(model, test.images)}
+    for name, (b, _) in bundles.items():
+        logits[name] = onnx_logits(b, test.images)
+    print(f"\nTest split ({len(test.labels)} images), the bundle's calibration and threshold "
+          f"({bundle.threshold:.3f}):\n")  # fmt: skip
+    print("| model | accuracy | sensitivity | specificity | ROC AUC | max abs. probability "
+          "change vs torch |\n|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    reference = bundle.calibrated(logits["torch eager (fp32)"])
+    for name, values in logits.items():
+        probability = bundle.calibrated(values)
+        m = classification_metrics(test.labels, probability, bundle.threshold)
+        print(f"| {name} | {m['accuracy']:.4f} | {m['sensitivity']:.4f} | "
+              f"{m['specificity']:.4f} | {m['roc_auc']:.4f} | "
+              f"{float(np.max(np.abs(probability - reference))):.4f} |")  # fmt: skip
+    shutil.rmtree(tmp)
     return 0
 
 

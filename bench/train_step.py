@@ -2,14 +2,19 @@
 choices, measured side by side in one process, interleaved round by round so that machine noise
 hits all variants alike.
 
-    python bench/train_step.py [--size 224] [--batch 64] [--rounds 3] [--quick]
+    python bench/train_step.py [--size 224] [--batch 64] [--rounds 3] [--no-compile] [--quick]
 
-Each step is what train.py does per batch: forward, class-weighted cross-entropy, backward, Adam,
-on a ResNet18 with a 2-class head. The baseline is what a simple script does: fp32, eager,
-decoding and resizing the batch's JPEGs (files of the shared dataset) at every step, in the
-training process (num_workers=0). The other variants read the prepare stage's decoded uint8
-arrays (the "decoded cache") and add one change at a time; the last rows change the thread
-count. bf16 autocast only pays off on CPUs with native bf16 (AVX512-BF16 or AMX).
+Each step is what train.py does per batch: the batch's augmentation (train.augment of
+params.yaml), forward, class-weighted cross-entropy with label smoothing, backward, Adam, on the
+pipeline's ResNet18. The baseline is what a simple script does: fp32, eager, decoding and
+resizing the batch's JPEGs (files of the shared dataset) at every step in the training process
+(num_workers=0). Every other row adds one change:
+- data loader workers: the same decoding in 2 DataLoader worker processes, ahead of the step;
+- decoded cache: the prepare stage's uint8 arrays instead (what train.py reads);
+- channels_last, bf16 autocast (train.precision: bf16, or auto on a CPU with native bf16);
+- torch.compile (inductor) of the model, on top of the train stage's settings;
+- the thread count (1 instead of all cores), on the train stage's settings.
+bf16 autocast only pays off on CPUs with native bf16 (AVX512-BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -30,37 +39,73 @@ sys.path.insert(0, str(ROOT / "src"))
 from pneumonia.config import SHARED_DATA_DIR  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
 from pneumonia.model import build_model, to_input  # noqa: E402
-from pneumonia.train import native_bf16  # noqa: E402
+from pneumonia.train import Augment, augment, native_bf16  # noqa: E402
 
-# name: (decode JPEGs every step, bf16 autocast, channels_last)
+
+@dataclass(frozen=True)
+class Variant:
+    source: str = "cache"  # "decode": JPEGs in the step; "workers": in DataLoader workers
+    bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    threads: int = 0  # 0: torch's default (all cores)
+
+
+STAGE = "train stage as configured"  # the row the speed-up is judged on
 VARIANTS = {
-    "baseline: fp32, decode JPEGs every step": (True, False, False),
-    "+ decoded cache (prepare's arrays)": (False, False, False),
-    "+ decoded cache + channels_last (train.precision: fp32)": (False, False, True),
-    "+ decoded cache + bf16 autocast": (False, True, False),
-    "+ decoded cache + channels_last + bf16 (train.precision: bf16)": (False, True, True),
+    "baseline: fp32, decode JPEGs every step": Variant(source="decode"),
+    "+ data loader workers (2) decoding the JPEGs": Variant(source="workers"),
+    "+ decoded cache (prepare's arrays)": Variant(),
+    "+ decoded cache + channels_last (train.precision: fp32)": Variant(channels_last=True),
+    "+ decoded cache + bf16 autocast": Variant(bf16=True),
+    "+ decoded cache + channels_last + bf16 (train.precision: bf16)": Variant(
+        bf16=True, channels_last=True
+    ),
+    "+ torch.compile of the bf16 + channels_last step": Variant(
+        bf16=True, channels_last=True, compile=True
+    ),
 }
 
 
-def make_step(decode: bool, bf16: bool, channels_last: bool, files: list[Path], size: int,
-              cached: torch.Tensor, y: torch.Tensor):  # fmt: skip
+class DecodedFiles(Dataset):
+    """The batch's files, decoded and resized on every access, repeated without end."""
+
+    def __init__(self, files: list[Path], size: int):
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(resize(load_image(self.files[i % len(self.files)]), self.size))
+
+
+def make_step(variant: Variant, files: list[Path], size: int, cached: torch.Tensor,
+              y: torch.Tensor, aug: Augment) -> Callable[[], None]:  # fmt: skip
     torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     model = build_model("none", "per_image").train()
-    if channels_last:
+    if variant.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if variant.compile else model
     criterion = nn.CrossEntropyLoss(weight=torch.tensor([2.0, 0.7]), label_smoothing=0.1)
+    if variant.source == "workers":
+        batches = iter(DataLoader(DecodedFiles(files, size), batch_size=len(files), num_workers=2,
+                                  persistent_workers=True))  # fmt: skip
 
     def step() -> None:
-        if decode:
-            gray = np.stack([resize(load_image(f), size) for f in files])
-            x = to_input(torch.from_numpy(gray))
+        if variant.source == "decode":
+            gray = torch.from_numpy(np.stack([resize(load_image(f), size) for f in files]))
+        elif variant.source == "workers":
+            gray = next(batches)
         else:
-            x = to_input(cached)
-        if channels_last:
+            gray = cached
+        x = to_input(augment(gray.float().div(255.0).unsqueeze(1), aug, generator))
+        if variant.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = criterion(model(x).float(), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.bf16):
+            loss = criterion(forward(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -73,6 +118,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant and round")
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
     parser.add_argument("--quick", action="store_true", help="tiny and short: checks that it runs")
     args = parser.parse_args()
     if args.quick:
@@ -81,34 +127,44 @@ def main() -> int:
     if len(files) < args.batch:
         sys.exit(f"need {args.batch} JPEGs under {SHARED_DATA_DIR / 'chest_xray' / 'train'}")
     cached = torch.from_numpy(np.stack([resize(load_image(f), args.size) for f in files]))
+    aug = Augment(**yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["augment"])
     y = torch.tensor([i % 2 for i in range(args.batch)])
     threads = torch.get_num_threads()
-    steps = {name: make_step(*flags, files, args.size, cached, y)
-             for name, flags in VARIANTS.items()}  # fmt: skip
-    fastest_fp32 = "+ decoded cache + channels_last (train.precision: fp32)"
-    if threads > 1:  # the same step on fewer threads: what the thread setting is worth
-        steps[f"{fastest_fp32[2:]}, 1 thread"] = steps[fastest_fp32]
-    for step in steps.values():  # warm-up: first steps allocate and pick kernels
-        step()
+    stage = Variant(bf16=native_bf16(), channels_last=True)
+    variants = {name: v for name, v in VARIANTS.items() if not (v.compile and args.no_compile)}
+    variants[f"{STAGE} (channels_last, {'bf16' if stage.bf16 else 'fp32'}), 1 thread"] = Variant(
+        bf16=stage.bf16, channels_last=True, threads=1
+    )
+    steps, first_step = {}, {}
+    for name, variant in variants.items():
+        step = make_step(variant, files, args.size, cached, y, aug)
+        started = time.perf_counter()
+        step()  # warm-up: allocates, picks kernels, compiles
+        first_step[name] = time.perf_counter() - started
+        steps[name] = step
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(2 if args.quick else 4):
         for name, step in steps.items():
-            torch.set_num_threads(1 if name.endswith("1 thread") else threads)
+            torch.set_num_threads(variants[name].threads or threads)
             started = time.perf_counter()
             for _ in range(args.rounds):
                 step()
             seconds[name].append((time.perf_counter() - started) / args.rounds)
     torch.set_num_threads(threads)
     baseline = statistics.median(seconds[next(iter(VARIANTS))])
-    rounds = len(seconds[next(iter(VARIANTS))])
     print(
-        f"ResNet18 train step, {args.size} px, batch {args.batch}, {threads} threads, native "
-        f"bf16: {'yes' if native_bf16() else 'no'}; median over {rounds} interleaved rounds.\n"
+        f"ResNet18 train step with augmentation, {args.size} px, batch {args.batch}, {threads} "
+        f"threads, native bf16: {'yes' if native_bf16() else 'no'}; median over "
+        f"{len(seconds[next(iter(VARIANTS))])} interleaved rounds of {args.rounds} steps. The "
+        f"train stage as configured (precision auto) is channels_last + "
+        f"{'bf16' if stage.bf16 else 'fp32'} on this CPU.\n"
     )
-    print("| variant | s/step | images/s | vs baseline |\n|---|---:|---:|---:|")
+    print("| variant | s/step | images/s | vs baseline | first step (s) |")
+    print("|---|---:|---:|---:|---:|")
     for name, times in seconds.items():
         median = statistics.median(times)
-        print(f"| {name} | {median:.2f} | {args.batch / median:.1f} | {baseline / median:.2f}x |")
+        print(f"| {name} | {median:.2f} | {args.batch / median:.1f} | {baseline / median:.2f}x "
+              f"| {first_step[name]:.1f} |")  # fmt: skip
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import socket
 import statistics
 import subprocess
 import sys
@@ -89,7 +90,9 @@ def main() -> int:
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
-    port = 20000 + secrets.randbelow(20000)
+    with socket.socket() as probe:  # a port nothing listens on now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = {
         "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": str(work),
         "PORT": str(port), "WEB_CONCURRENCY": "2", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),

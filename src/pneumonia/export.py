@@ -5,7 +5,11 @@
 class activation map with numpy. ``model.json`` holds every fact the app needs: labels, input size
 and normalisation, threshold, test metrics, data version, git commit, the ONNX file's sha256.
 The stage refuses to write a bundle whose ONNX outputs differ from torch's by more than
-``export.parity_tolerance`` on real test images. The new version is registered in MLflow.
+``export.parity_tolerance`` on real test images. With ``export.quantize: int8`` the served
+``model.onnx`` is then the INT8 version of that checked float graph (``pneumonia.quantize``,
+activation ranges from training images), and the stage refuses it when its test accuracy falls
+more than ``export.max_accuracy_drop`` below the torch model's (metrics/test.json). The new
+version is registered in MLflow.
 """
 
 from __future__ import annotations
@@ -25,13 +29,23 @@ from pneumonia import config, tracking
 from pneumonia.files import atomic_directory
 from pneumonia.model import load_checkpoint, to_input
 from pneumonia.predict import Bundle, sha256_file
-from pneumonia.prepare import load_split
+from pneumonia.prepare import PreparedSplit, load_split
+from pneumonia.quantize import (
+    QuantizeError,
+    calibration_sample,
+    quantization_entry,
+    quantize_onnx,
+)
 
 BUNDLE_FORMAT = 1
 
 
 class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree: the exported graph is not the trained model."""
+
+
+class QuantizationError(ParityError):
+    """The INT8 model is less accurate than the trained model by more than allowed."""
 
 
 class WithFeatures(nn.Module):
@@ -136,6 +150,33 @@ def build_manifest(
     }
 
 
+def batched_probabilities(bundle: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The bundle's calibrated positive-class probability for each uint8 image."""
+    return np.concatenate(
+        [bundle.probabilities(images[i : i + batch]) for i in range(0, len(images), batch)]
+    )
+
+
+def served_accuracy(
+    bundle: Bundle, test: PreparedSplit, float_probability: np.ndarray, float_accuracy: float
+) -> dict[str, Any]:
+    """The served model's test accuracy (the bundle's calibration and threshold) beside the
+    trained model's, and how many decisions and how much probability quantisation changed."""
+    probability = batched_probabilities(bundle, test.images)
+    predicted = probability >= bundle.threshold
+    accuracy = float(np.mean(predicted == (test.labels == bundle.positive)))
+    return {
+        "test_accuracy": round(accuracy, 6),
+        "test_accuracy_float": round(float_accuracy, 6),
+        "test_accuracy_drop": round(float_accuracy - accuracy, 6),
+        "test_decisions_changed": int(np.sum(predicted != (float_probability >= bundle.threshold))),
+        "test_max_probability_change": round(
+            float(np.abs(probability - float_probability).max()), 6
+        ),
+        "test_images": int(len(test.labels)),
+    }
+
+
 def export(
     model: nn.Module,
     image_size: int,
@@ -144,8 +185,16 @@ def export(
     test_metrics: dict[str, Any],
     params: dict[str, Any],
     out_dir: Path,
+    calibration: np.ndarray | None = None,
+    test_split: PreparedSplit | None = None,
 ) -> dict[str, Any]:
-    """Export, check parity and write the bundle to ``out_dir`` atomically; return model.json."""
+    """Export, check parity and write the bundle to ``out_dir`` atomically; return model.json.
+
+    With ``export.quantize: int8`` (params), ``calibration`` (uint8 training images) sets the
+    INT8 activation ranges and ``test_split`` checks the served model's accuracy."""
+    quantize = str(params["export"].get("quantize", "none"))
+    if quantize not in ("none", "int8"):
+        raise ValueError(f"export.quantize must be none or int8, not {quantize!r}")
     with atomic_directory(out_dir) as staging:
         onnx_path = staging / "model.onnx"
         export_onnx(model, image_size, onnx_path, int(params["export"]["opset"]))
@@ -160,7 +209,34 @@ def export(
                 f"ONNX Runtime differs from torch by {diff} (tolerance {tolerance}); not exporting"
             )
         manifest["parity"] = {**diff, "tolerance": tolerance}
+        if quantize == "int8":
+            if calibration is None or test_split is None:
+                raise ValueError("export.quantize int8 needs calibration images and the test split")
+            float_bundle = Bundle(staging)
+            float_probability = batched_probabilities(float_bundle, test_split.images)
+            inputs = [
+                float_bundle.preprocess(calibration[i : i + 1]) for i in range(len(calibration))
+            ]
+            quantize_onnx(onnx_path, staging / "model.int8.onnx", inputs)
+            (staging / "model.int8.onnx").replace(onnx_path)
+            float_sha = manifest["onnx_sha256"]
+            manifest["onnx_sha256"] = sha256_file(onnx_path)
+            manifest["version"] = manifest["onnx_sha256"][:12]
+            (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            check = served_accuracy(
+                Bundle(staging), test_split, float_probability, float(test_metrics["accuracy"])
+            )
+            manifest["quantization"] = {**quantization_entry(len(calibration), float_sha), **check}
+            max_drop = float(params["export"]["max_accuracy_drop"])
+            if check["test_accuracy_drop"] > max_drop:
+                raise QuantizationError(
+                    f"the INT8 model's test accuracy is {check['test_accuracy']:.4f}, "
+                    f"{check['test_accuracy_drop']:.4f} below the trained model's "
+                    f"{check['test_accuracy_float']:.4f} (allowed: export.max_accuracy_drop "
+                    f"{max_drop}); not exporting. Serve the float model with export.quantize: none"
+                )
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        Bundle(staging)  # the bundle as written loads and its sha256 matches
     return manifest
 
 
@@ -175,9 +251,16 @@ def register(manifest: dict[str, Any], bundle_dir: Path) -> dict[str, Any]:
             registered_model_name=tracking.REGISTERED_MODEL_NAME,
         )
         mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+        quantized = manifest.get("quantization")
         mlflow.set_tags(
-            {"bundle.version": manifest["version"], "onnx.sha256": manifest["onnx_sha256"]}
+            {
+                "bundle.version": manifest["version"],
+                "onnx.sha256": manifest["onnx_sha256"],
+                "bundle.precision": "int8" if quantized else "float32",
+            }
         )
+        if quantized:
+            mlflow.log_metric("served_test_accuracy", quantized["test_accuracy"])
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         client.set_registered_model_alias(
@@ -210,17 +293,31 @@ def main(argv: list[str] | None = None) -> int:
     ]
     val_metrics = json.loads((config.METRICS_DIR / "val.json").read_text())
     test_metrics = json.loads((config.METRICS_DIR / "test.json").read_text())
+    calibration = None
     try:
+        if params["export"].get("quantize", "none") == "int8":
+            train = load_split("train")
+            count = int(params["export"]["calibration_images"])
+            calibration = calibration_sample(train.images, train.labels, count)
         manifest = export(
-            model, image_size, check, val_metrics, test_metrics, params, config.BUNDLE_DIR
-        )
+            model, image_size, check, val_metrics, test_metrics, params, config.BUNDLE_DIR,
+            calibration=calibration, test_split=test,
+        )  # fmt: skip
         registered = register(manifest, config.BUNDLE_DIR)
-    except (ParityError, tracking.TrackingUnavailableError) as exc:
+    except (ParityError, QuantizeError, tracking.TrackingUnavailableError) as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
+    quantized = manifest.get("quantization")
+    served = (
+        f"INT8, test accuracy {quantized['test_accuracy']:.4f} vs "
+        f"{quantized['test_accuracy_float']:.4f} float; "
+        if quantized
+        else "float; "
+    )
     print(
         f"export: {config.BUNDLE_DIR.relative_to(config.ROOT)} version {manifest['version']} "
-        f"(parity max |diff| logits {manifest['parity']['logits']:.2e}); "
+        f"({served}parity of the float graph, max |diff| logits "
+        f"{manifest['parity']['logits']:.2e}); "
         f"MLflow model {registered['name']} v{registered['version']} "
         f"alias '{tracking.CANDIDATE_ALIAS}'"
     )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 
 from pneumonia.model import save_checkpoint
-from tests.bundles import calibrated_model, make_bundle
+from tests.bundles import calibrated_model, make_bundle, real_images
 from tests.conftest import REPO, run, tool_env
 
 pytestmark = pytest.mark.slow
@@ -20,22 +21,35 @@ def test_training_step_benchmark_runs():
     result = run([sys.executable, "bench/train_step.py", "--quick"], REPO, tool_env())
     assert "| baseline: fp32, decode JPEGs every step |" in result.stdout
     assert "1.00x |" in result.stdout and "native bf16:" in result.stdout
+    for row in ("data loader workers", "torch.compile", "1 thread"):
+        assert f"{row}" in result.stdout, row
+
+
+def write_prepared(folder, size: int) -> None:
+    """A tiny prepared train and test split of real images, as the prepare stage writes them."""
+    folder.mkdir()
+    for split in ("train", "test"):
+        images = real_images(split, 4, size)
+        names = np.array([f"{split}{i}.jpeg" for i in range(len(images))])
+        np.savez(folder / f"{split}.npz", images=images, labels=np.array([0] * 4 + [1] * 4),
+                 files=names, patients=names)  # fmt: skip
 
 
 def test_inference_and_web_benchmarks_run(tmp_path):
     model = calibrated_model(64)
     save_checkpoint(model, tmp_path / "model.pt", 64, "none")
     bundle = make_bundle(model, 64, tmp_path / "bundle", METRICS)
-    command = [
-        sys.executable,
-        "bench/inference.py",
-        "--quick",
-        "--model",
-        str(tmp_path / "model.pt"),
-    ]
+    write_prepared(tmp_path / "prepared", 64)
+    command = [sys.executable, "bench/inference.py", "--quick", "--model",
+               str(tmp_path / "model.pt"), "--prepared", str(tmp_path / "prepared")]  # fmt: skip
     inference = run([*command, "--bundle", str(bundle)], REPO, tool_env())
     assert "| torch eager (fp32, 2 threads) |" in inference.stdout
-    assert "| onnxruntime, 1 thread (as served) |" in inference.stdout
+    assert "| onnxruntime float (served), 1 thread (as served) |" in inference.stdout
+    assert "| onnxruntime INT8, 1 thread (as served) |" in inference.stdout
+    assert "| onnxruntime INT8 | " in inference.stdout  # its test accuracy
+    profile = run([sys.executable, "bench/request_profile.py", "--quick", "--bundle", str(bundle)],
+                  REPO, tool_env())  # fmt: skip
+    assert "| onnxruntime call (1 thread) |" in profile.stdout and "| **sum** |" in profile.stdout
     web = run([sys.executable, "bench/web.py", "--quick", "--bundle", str(bundle)], REPO,
               tool_env())  # fmt: skip
     assert "(0 errors)" in web.stdout and "| installed app (venv + app + model) |" in web.stdout

@@ -68,6 +68,11 @@ def test_bundle_is_consistent_with_the_repo(repro):
     assert (
         manifest["threshold"] == json.loads((repo / "metrics/test.json").read_text())["threshold"]
     )
+    quantized = manifest["quantization"]  # the default: the served model is INT8
+    assert quantized["calibration_images"] == 16 and quantized["test_images"] == 16
+    assert quantized["float_onnx_sha256"] != manifest["onnx_sha256"]
+    assert manifest["version"] == manifest["onnx_sha256"][:12]
+    assert 0 <= quantized["test_accuracy"] <= 1
     prediction = Bundle(repo / "models/bundle").predict_bytes(
         sorted(SAMPLES.rglob("*.jpeg"))[0].read_bytes()
     )

@@ -43,14 +43,31 @@ def test_app_and_pipeline_serving_code_agree_exactly(bundle_dir, samples):
         assert ours == pytest.approx(theirs, abs=1e-6)
 
 
-def test_prediction_carries_label_threshold_and_pngs(samples):
+def test_prediction_carries_label_threshold_and_images(samples):
     result = get_model().predict(read_upload(samples[0].read_bytes()))
     assert result.label in ("NORMAL", "PNEUMONIA") and result.threshold == 0.5
     assert (result.label == "PNEUMONIA") == (result.probability >= 0.5)
-    for png in (result.original_png, result.heatmap_png):
-        image = Image.open(io.BytesIO(png))
-        assert image.format == "PNG" and max(image.size) <= 512
-    assert Image.open(io.BytesIO(result.heatmap_png)).mode == "RGB"
+    original = Image.open(io.BytesIO(result.original_png))
+    heatmap = Image.open(io.BytesIO(result.heatmap_jpeg))
+    assert original.format == "PNG" and original.mode == "L" and max(original.size) <= 512
+    assert heatmap.format == "JPEG" and heatmap.mode == "RGB" and heatmap.size == original.size
+
+
+def test_overlay_tables_match_the_colour_ramp_formula():
+    """The per-pixel lookup gives what the float formula gives, within rounding."""
+    from diagnosis.inference import _RAMP, overlay
+
+    cam = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (8, 1))
+    gray = Image.fromarray(np.full((8, 64), 120, np.uint8))
+    position = cam * (len(_RAMP) - 1)
+    low = np.floor(position).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (position - low)[..., None]
+    colour = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
+    alpha = (0.15 + 0.5 * cam)[..., None]
+    expected = 120 * (1 - alpha) + colour * alpha
+    got = np.asarray(overlay(gray, cam), np.float32)
+    assert np.abs(got - expected).max() <= 3.0
+    assert got[0, 0].sum() < got[0, -1].sum(), "more evidence is brighter"
 
 
 def test_activation_map_peaks_where_the_evidence_is():
@@ -130,3 +147,33 @@ def test_the_bundles_calibration_is_applied(torch_model, tmp_path, samples):
         assert abs(expected - uncalibrated) > 0.05  # the calibration really changes the answer
     manifest = Bundle(bundle).manifest["calibration"]
     assert manifest["method"] == "platt" and manifest["fitted_on"] == "validation"
+
+
+def test_an_int8_bundle_is_served_like_the_float_one(bundle_dir, tmp_path, samples, client):
+    """export.quantize: int8 (the default) ships a QDQ model: the app runs it unchanged, agrees
+    with the pipeline's serving code on it, and its model card says what is served."""
+    from pneumonia.quantize import quantize_bundle
+    from tests.bundles import real_images
+
+    int8 = tmp_path / "int8"
+    quantize_bundle(bundle_dir, int8, real_images("train", 8, SIZE))
+    served, pipeline, float_model = ServedModel(int8), Bundle(int8), ServedModel(bundle_dir)
+    changed = []
+    for path in samples[:8]:
+        gray = read_upload(path.read_bytes())
+        ours = served.probability(gray)[0]
+        assert ours == pytest.approx(
+            pipeline.predict_bytes(path.read_bytes()).probability, abs=1e-6
+        )
+        changed.append(abs(ours - float_model.probability(gray)[0]))
+    assert 0 < max(changed) < 0.2, "quantised, yet close to the float model"
+    result = served.predict(read_upload(samples[0].read_bytes()))
+    assert Image.open(io.BytesIO(result.heatmap_jpeg)).mode == "RGB"
+    from django.conf import settings
+
+    from diagnosis import inference
+
+    settings.MODEL_DIR = int8
+    inference.reset()
+    page = client.get("/model").content.decode()
+    assert "INT8 (quantised convolutions)" in page and served.sha256 in page

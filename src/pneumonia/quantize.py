@@ -1,0 +1,151 @@
+"""INT8 variant of a serving bundle: onnxruntime static quantisation of the convolutions.
+
+    python -m pneumonia.quantize [--bundle models/bundle] [--out models/bundle-int8]
+                                 [--calibration-images 128]
+
+Weights are quantised per output channel (int8), activations per tensor (uint8) with ranges
+measured on real training images (never validation or test ones, which judge the result), in
+the QDQ format. Only Conv nodes are quantised: the in-graph standardisation, the pooling and the
+2-class head stay in float. The result is a complete bundle (model.json updated with the new
+sha256 and a ``quantization`` entry) that ``pneumonia.predict.Bundle`` and the web app load
+unchanged. Its accuracy against the float model: ``bench/inference.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pneumonia import config
+from pneumonia.files import atomic_directory
+from pneumonia.predict import Bundle, BundleError, sha256_file
+
+
+class QuantizeError(RuntimeError):
+    """Bad input for quantisation; the message says what to do."""
+
+
+def calibration_sample(images: np.ndarray, labels: np.ndarray, count: int, seed: int = 0):
+    """Up to ``count`` images (uint8 N x S x S), an equal share from each class, reproducibly."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    if len(classes) == 0:
+        raise QuantizeError("no calibration images: the training split is empty")
+    shares = [count // len(classes) + (i < count % len(classes)) for i in range(len(classes))]
+    picked = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(labels == c))[:n]
+            for c, n in zip(classes, shares, strict=True)
+        ]
+    )
+    return images[np.sort(picked)]
+
+
+def quantize_onnx(float_onnx: Path, out_onnx: Path, inputs: list[np.ndarray]) -> None:
+    """Write the INT8 (QDQ) version of ``float_onnx`` to ``out_onnx``; activation ranges are
+    measured on ``inputs`` (model inputs ``image``, already preprocessed)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not inputs:
+        raise QuantizeError("no calibration images: the training split is empty")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches: Iterator[np.ndarray] = iter(inputs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.batches, None)
+            return None if x is None else {"image": x}
+
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(float_onnx), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out_onnx),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=["Conv"],
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+
+
+def quantization_entry(calibration_images: int, float_sha256: str) -> dict:
+    """What ``model.json`` says about an INT8 model."""
+    return {
+        "method": "onnxruntime static, QDQ: Conv weights int8 per channel, activations uint8",
+        "calibration_images": int(calibration_images),
+        "float_onnx_sha256": float_sha256,
+    }
+
+
+def quantize_bundle(bundle_dir: Path, out_dir: Path, calibration: np.ndarray) -> dict:
+    """Write an INT8 copy of the float bundle at ``bundle_dir`` to ``out_dir``, its activation
+    ranges measured on ``calibration`` (uint8 N x S x S). Returns the new manifest. ``out_dir``
+    is replaced only once the new bundle is complete and loads."""
+    bundle = Bundle(bundle_dir)
+    if calibration.ndim != 3 or calibration.shape[1:] != (bundle.size, bundle.size):
+        raise QuantizeError(
+            f"calibration images are {calibration.shape}, the bundle wants N x {bundle.size} x "
+            f"{bundle.size}: prepare the data with the bundle's image size"
+        )
+    with atomic_directory(Path(out_dir)) as staged:
+        inputs = [bundle.preprocess(calibration[i : i + 1]) for i in range(len(calibration))]
+        quantize_onnx(bundle_dir / "model.onnx", staged / "model.onnx", inputs)
+        manifest = dict(bundle.manifest)
+        manifest["onnx_sha256"] = sha256_file(staged / "model.onnx")
+        manifest["quantization"] = quantization_entry(
+            len(calibration), bundle.manifest["onnx_sha256"]
+        )
+        (staged / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        Bundle(staged)  # loads and checks the sha256, or raises before anything is replaced
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundle", type=Path, default=config.BUNDLE_DIR)
+    parser.add_argument("--out", type=Path, default=config.MODELS_DIR / "bundle-int8")
+    parser.add_argument("--calibration-images", type=int, default=128)
+    args = parser.parse_args(argv)
+    from pneumonia.prepare import load_split
+
+    try:
+        train = load_split("train")
+    except FileNotFoundError:
+        print(
+            "quantize: error: no prepared training split: run `dvc repro prepare`", file=sys.stderr
+        )
+        return 1
+    try:
+        sample = calibration_sample(train.images, train.labels, args.calibration_images)
+        manifest = quantize_bundle(args.bundle, args.out, sample)
+    except (QuantizeError, BundleError) as exc:
+        print(f"quantize: error: {exc}", file=sys.stderr)
+        return 1
+    size = (args.out / "model.onnx").stat().st_size / 2**20
+    print(f"quantize: wrote {args.out} (model.onnx {size:.1f} MiB, sha256 "
+          f"{manifest['onnx_sha256'][:12]}...)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
