@@ -196,11 +196,15 @@ def reset() -> None:
 
 
 def warm_up() -> None:
-    """Load the model at process start; a missing bundle is logged, and /health reports it."""
+    """Load the model at process start and run it once on a blank image, so that the first
+    clinician waits for neither and onnxruntime's buffers are sized before serving; a missing
+    bundle is logged, and /health reports it."""
     try:
-        get_model()
+        model = get_model()
     except ModelUnavailable as exc:
         logger.error("model not loaded: %s", exc)
+        return
+    model.predict(Image.new("L", (model.size, model.size)))
 
 
 def model_context(request) -> dict[str, Any]:

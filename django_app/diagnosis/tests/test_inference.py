@@ -177,3 +177,19 @@ def test_an_int8_bundle_is_served_like_the_float_one(bundle_dir, tmp_path, sampl
     inference.reset()
     page = client.get("/model").content.decode()
     assert "INT8 (quantised convolutions)" in page and served.sha256 in page
+
+
+def test_warm_up_loads_and_runs_the_model_or_logs_why_not(settings, tmp_path, caplog):
+    from diagnosis import inference
+
+    calls = []
+    inference.warm_up()
+    model = inference.get_model()
+    run = model.session.run
+    model.session = type("Counting", (), {"run": lambda s, *a: calls.append(1) or run(*a)})()
+    inference.warm_up()  # the loaded model answers a blank image once more
+    assert calls == [1]
+    settings.MODEL_DIR = tmp_path / "missing"
+    inference.reset()
+    inference.warm_up()  # does not raise: /health reports the missing model
+    assert "model not loaded" in caplog.text and "No model bundle" in caplog.text
