@@ -14,8 +14,8 @@ def return_large_buffers_to_the_os(threshold: int = 256 * 1024) -> None:
     A full-size upload is decoded into buffers of several MB; glibc's default raises its mmap
     threshold after the first such buffer is freed and keeps later ones in the heap, so a
     worker's RSS crept up by 8-15% over its first thousand predictions. With a fixed threshold
-    they go back to the OS when freed: 124 MiB per worker, +1% after 2,960 predictions, for
-    about 5% less throughput (docs/benchmarks.md, Web)."""
+    they go back to the OS when freed: 118-126 MiB per worker, +1-6% after ~2,900
+    predictions, for 5-12% less throughput (docs/benchmarks.md, Web)."""
     libc_name = ctypes.util.find_library("c")
     if libc_name and "libc.so" in libc_name:
         M_MMAP_THRESHOLD = -3  # noqa: N806 (glibc's name)

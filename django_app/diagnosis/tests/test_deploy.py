@@ -140,8 +140,8 @@ def test_real_prediction_over_http(heroku_app, samples):
     prediction = json.loads(payload)
     assert status == 200 and prediction["label"] in ("NORMAL", "PNEUMONIA")
     heatmap_path = "/" + prediction["heatmap_url"].split("/", 3)[3]
-    status, headers, png = get(heroku_app["url"] + heatmap_path, auth)
-    assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    status, headers, jpeg = get(heroku_app["url"] + heatmap_path, auth)
+    assert status == 200 and jpeg[:3] == b"\xff\xd8\xff" and headers["Content-Type"] == "image/jpeg"
     with pytest.raises(urllib.error.HTTPError) as refused:  # no token, no prediction
         get(f"{heroku_app['url']}/api/v1/predictions", {**HTTPS, "Content-Type": content_type},
             body)  # fmt: skip
