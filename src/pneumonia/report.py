@@ -78,6 +78,25 @@ def data_change(base: str, root: Path) -> str:
     )
 
 
+def served_model(bundle_dir: Path) -> str | None:
+    """One line on what the bundle serves: the INT8 model's test accuracy beside the trained
+    model's (the metrics above), or the float graph; None without a bundle."""
+    manifest_path, onnx_path = bundle_dir / "model.json", bundle_dir / "model.onnx"
+    if not manifest_path.is_file() or not onnx_path.is_file():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    size = onnx_path.stat().st_size / 2**20
+    quantized = manifest.get("quantization")
+    if not quantized:
+        return f"Served model: float32 ONNX, {size:.1f} MiB, version `{manifest.get('version')}`."
+    return (
+        f"Served model: INT8 ONNX, {size:.1f} MiB, version `{manifest.get('version')}`: test "
+        f"accuracy {quantized['test_accuracy']:.4f} (trained model "
+        f"{quantized['test_accuracy_float']:.4f}), {quantized['test_decisions_changed']} of "
+        f"{quantized['test_images']} test decisions changed by quantisation."
+    )
+
+
 def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/figures") -> str:
     """The report as markdown; image links are relative to ``root`` (CML uploads them)."""
     status = "PASS" if verdict.passed else "FAIL"
@@ -115,6 +134,9 @@ def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/
             f"Training: best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}, "
             f"{summary.get('train_seconds', 0) / 60:.1f} min.",
         ]
+    served = served_model(root / "models" / "bundle")
+    if served:
+        lines += ["", served]
     lines += [
         "",
         "<sub>Aggregate metrics and plots only; no patient image leaves the runner.</sub>",

@@ -77,6 +77,12 @@ def test_better_model_passes(repo):
     assert f"| Accuracy | {old['accuracy']:.4f} | {min(1.0, old['accuracy'] + 0.05):.4f} |" in text
     assert "Data unchanged" in text and "No parameter changed." in text
     assert "![ROC](./metrics/figures/roc.png)" in text
+    manifest = json.loads((repo / "models/bundle/model.json").read_text())
+    assert (
+        f"Served model: INT8 ONNX, {(repo / 'models/bundle/model.onnx').stat().st_size / 2**20:.1f}"
+        f" MiB, version `{manifest['version']}`: test accuracy "
+        f"{manifest['quantization']['test_accuracy']:.4f}"
+    ) in text
 
 
 def test_worse_model_fails(repo):
