@@ -94,11 +94,8 @@ def main() -> int:
         int8_dir = tmp / "int8"
         quantize_bundle(float_dir, int8_dir, sample)
     bundles = {
-        f"onnxruntime float{' (served)' if served == 'float' else ''}": (
-            Bundle(float_dir),
-            float_dir,
-        ),
-        f"onnxruntime INT8{' (served)' if served == 'INT8' else ''}": (Bundle(int8_dir), int8_dir),
+        f"onnxruntime float{' (served)' if served == 'float' else ''}": Bundle(float_dir),
+        f"onnxruntime INT8{' (served)' if served == 'INT8' else ''}": Bundle(int8_dir),
     }
 
     image = sorted(SAMPLES.rglob("*.jpeg"))[0]  # a full-size original, as uploaded
@@ -111,9 +108,9 @@ def main() -> int:
             model(x_torch)
 
     rows = [("torch eager (fp32, 2 threads)", timed(torch_call, runs, warmup))]
-    for name, (_, bundle_dir) in bundles.items():
+    for name, b in bundles.items():
         for threads, how in ((1, "1 thread (as served)"), (0, "default threads")):
-            run = session(bundle_dir / "model.onnx", threads)
+            run = session(b.onnx_path, threads)
             call = lambda run=run: run.run(["logits"], {"image": x_onnx})  # noqa: E731
             rows.append((f"{name}, {how}", timed(call, runs, warmup)))
     print(f"Single {size} px image, model call only, {runs} runs after {warmup} warm-up.\n")
@@ -124,7 +121,7 @@ def main() -> int:
         print(f"| {name} | {median:.1f} | {p95:.1f} | {eager / median:.2f}x |")
 
     logits = {"torch eager (fp32)": predict_logits(model, test.images)}
-    for name, (b, _) in bundles.items():
+    for name, b in bundles.items():
         logits[name] = onnx_logits(b, test.images)
     print(f"\nTest split ({len(test.labels)} images), the bundle's calibration and threshold "
           f"({bundle.threshold:.3f}):\n")  # fmt: skip

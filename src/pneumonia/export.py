@@ -34,7 +34,7 @@ from pneumonia.quantize import (
     QuantizeError,
     calibration_sample,
     quantization_entry,
-    quantize_onnx,
+    quantize_model,
 )
 
 BUNDLE_FORMAT = 1
@@ -202,7 +202,8 @@ def export(
             model, image_size, sha256_file(onnx_path), val_metrics, test_metrics, params["train"]
         )
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        diff = parity(model, Bundle(staging), check_images)
+        float_bundle = Bundle(staging)
+        diff = parity(model, float_bundle, check_images)
         tolerance = float(params["export"]["parity_tolerance"])
         if max(diff["logits"], diff["probability"]) > tolerance:
             raise ParityError(
@@ -212,12 +213,8 @@ def export(
         if quantize == "int8":
             if calibration is None or test_split is None:
                 raise ValueError("export.quantize int8 needs calibration images and the test split")
-            float_bundle = Bundle(staging)
             float_probability = batched_probabilities(float_bundle, test_split.images)
-            inputs = [
-                float_bundle.preprocess(calibration[i : i + 1]) for i in range(len(calibration))
-            ]
-            quantize_onnx(onnx_path, staging / "model.int8.onnx", inputs)
+            quantize_model(float_bundle, staging / "model.int8.onnx", calibration)
             (staging / "model.int8.onnx").replace(onnx_path)
             float_sha = manifest["onnx_sha256"]
             manifest["onnx_sha256"] = sha256_file(onnx_path)
@@ -236,7 +233,6 @@ def export(
                     f"{max_drop}); not exporting. Serve the float model with export.quantize: none"
                 )
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        Bundle(staging)  # the bundle as written loads and its sha256 matches
     return manifest
 
 

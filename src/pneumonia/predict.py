@@ -45,6 +45,7 @@ class Bundle:
 
         bundle_dir = Path(bundle_dir)
         manifest_path, onnx_path = bundle_dir / "model.json", bundle_dir / "model.onnx"
+        self.onnx_path = onnx_path
         for path in (manifest_path, onnx_path):
             if not path.is_file():
                 raise BundleError(f"{path} is missing: run `dvc repro export` (or `dvc pull`)")

@@ -95,19 +95,25 @@ def quantization_entry(calibration_images: int, float_sha256: str) -> dict:
     }
 
 
-def quantize_bundle(bundle_dir: Path, out_dir: Path, calibration: np.ndarray) -> dict:
-    """Write an INT8 copy of the float bundle at ``bundle_dir`` to ``out_dir``, its activation
-    ranges measured on ``calibration`` (uint8 N x S x S). Returns the new manifest. ``out_dir``
-    is replaced only once the new bundle is complete and loads."""
-    bundle = Bundle(bundle_dir)
+def quantize_model(bundle: Bundle, out_onnx: Path, calibration: np.ndarray) -> None:
+    """Write the INT8 version of ``bundle``'s float model to ``out_onnx``, its activation ranges
+    measured on ``calibration`` (uint8 N x S x S), preprocessed as the bundle says."""
     if calibration.ndim != 3 or calibration.shape[1:] != (bundle.size, bundle.size):
         raise QuantizeError(
             f"calibration images are {calibration.shape}, the bundle wants N x {bundle.size} x "
             f"{bundle.size}: prepare the data with the bundle's image size"
         )
+    inputs = [bundle.preprocess(calibration[i : i + 1]) for i in range(len(calibration))]
+    quantize_onnx(bundle.onnx_path, out_onnx, inputs)
+
+
+def quantize_bundle(bundle_dir: Path, out_dir: Path, calibration: np.ndarray) -> dict:
+    """Write an INT8 copy of the float bundle at ``bundle_dir`` to ``out_dir``, its activation
+    ranges measured on ``calibration`` (uint8 N x S x S). Returns the new manifest. ``out_dir``
+    is replaced only once the new bundle is complete and loads."""
+    bundle = Bundle(bundle_dir)
     with atomic_directory(Path(out_dir)) as staged:
-        inputs = [bundle.preprocess(calibration[i : i + 1]) for i in range(len(calibration))]
-        quantize_onnx(bundle_dir / "model.onnx", staged / "model.onnx", inputs)
+        quantize_model(bundle, staged / "model.onnx", calibration)
         manifest = dict(bundle.manifest)
         manifest["onnx_sha256"] = sha256_file(staged / "model.onnx")
         manifest["quantization"] = quantization_entry(
