@@ -106,11 +106,13 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Logits (N x classes) for a uint8 grayscale batch, in eval mode."""
+def predict_logits(
+    model: nn.Module, images: np.ndarray, batch_size: int = 64, device: str = "cpu"
+) -> np.ndarray:
+    """Logits (N x classes) for a uint8 grayscale batch, in eval mode (``model`` on ``device``)."""
     model.eval()
     out = [
-        model(to_input(torch.from_numpy(images[i : i + batch_size]))).float()
+        model(to_input(torch.from_numpy(images[i : i + batch_size])).to(device)).float().cpu()
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)

@@ -1,6 +1,7 @@
-"""Stage ``train``: fit ResNet18 on the prepared train split, early-stopped on validation.
+"""Stage ``train``: fit ResNet18 on the prepared train split.
 
-Writes ``models/model.pt`` (best epoch by validation loss), ``metrics/train.json`` (summary) and
+Writes ``models/model.pt`` (``train.select``: the weights averaged over the last epochs, or the
+epoch with the lowest validation loss), ``metrics/train.json`` (summary) and
 ``metrics/train_history.csv`` (per-epoch curves, a DVC plot); logs the same to MLflow.
 """
 
@@ -33,6 +34,8 @@ from pneumonia.model import (
     to_input,
 )
 from pneumonia.prepare import PreparedSplit, load_split
+
+SELECTIONS = ("swa", "best_val_loss")
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,11 @@ def native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: str) -> str:
-    """``fp32``, ``bf16``, or ``auto``: bf16 where the CPU has native bf16, else fp32."""
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``fp32``, ``bf16``, or ``auto``: bf16 where the CPU has native bf16 (or on a GPU), else
+    fp32."""
     if precision == "auto":
-        return "bf16" if native_bf16() else "fp32"
+        return "bf16" if device_type != "cpu" or native_bf16() else "fp32"
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"train.precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
     return precision
@@ -154,25 +158,54 @@ def train(
     train_split: PreparedSplit,
     val_split: PreparedSplit,
     params: dict[str, Any],
-    on_epoch: Callable[[dict[str, float]], None] = lambda _: None,
-) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Train ``model`` (from ``build_model``); return it at its best validation epoch, and the
-    per-epoch history. Seeds every generator from ``params["seed"]``."""
+    on_epoch: Callable[[dict[str, float], nn.Module], None] = lambda record, model: None,
+    device: str = "cpu",
+) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
+    """Train ``model`` (from ``build_model``); return it (eval mode, on the CPU), the per-epoch
+    history, and the validation loss and accuracy of the weights returned.
+
+    ``params["select"]``: ``swa`` returns the average of the weights after every step of the
+    last ``swa_epochs`` epochs, with BatchNorm statistics recomputed on the training images;
+    ``best_val_loss`` returns the epoch with the lowest validation loss and stops early after
+    ``early_stopping_patience`` epochs without improvement. ``on_epoch(record, model)`` runs
+    after each epoch. Seeds every generator from ``params["seed"]``. ``device``: where to train
+    (the pipeline uses the CPU; ``cuda`` serves bench/seeds.py).
+    """
     generator = seed_everything(int(params["seed"]))
-    model = model.to(memory_format=torch.channels_last)
+    device_type = torch.device(device).type
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
     weight = class_weights(train_split.labels, params["class_weighting"])
     criterion = nn.CrossEntropyLoss(
-        weight=weight, label_smoothing=float(params.get("label_smoothing", 0.0))
+        weight=None if weight is None else weight.to(device),
+        label_smoothing=float(params.get("label_smoothing", 0.0)),
     )
     aug = Augment(**params.get("augment", {}))
-    precision = resolve_precision(params.get("precision", "fp32"))
+    precision = resolve_precision(params.get("precision", "fp32"), device_type)
     batch_size = int(params["batch_size"])
     images = torch.from_numpy(train_split.images)
     labels = torch.from_numpy(train_split.labels)
     epochs = int(params["epochs"])
+    selection = params.get("select", "best_val_loss")
+    if selection not in SELECTIONS:
+        raise ValueError(f"train.select must be one of {SELECTIONS}, got {selection!r}")
+    swa_epochs = int(params.get("swa_epochs", 1))
+    if selection == "swa" and not 1 <= swa_epochs <= epochs:
+        raise ValueError(f"train.swa_epochs must be between 1 and train.epochs, got {swa_epochs}")
+    averaged = torch.optim.swa_utils.AveragedModel(model) if selection == "swa" else None
     steps_per_epoch = math.ceil(len(images) / batch_size)
     scheduler = lr_schedule(optimizer, params.get("schedule", "constant"), epochs * steps_per_epoch)
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def validate(candidate: nn.Module) -> dict[str, float]:
+        logits = torch.from_numpy(predict_logits(candidate, val_split.images, batch_size, device))
+        val_y = torch.from_numpy(val_split.labels)
+        return {
+            "val_loss": F.cross_entropy(logits, val_y, weight=weight).item(),
+            "val_accuracy": (logits.argmax(1) == val_y).float().mean().item(),
+        }
 
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = math.inf, None, 0
@@ -192,58 +225,86 @@ def train(
         for start in bar:
             idx = order[start : start + batch_size]
             x = augment(images[idx].float().div(255.0).unsqueeze(1), aug, generator)
-            x = to_input(x).contiguous(memory_format=torch.channels_last)
-            y = labels[idx]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x = to_input(x).to(device).contiguous(memory_format=torch.channels_last)
+            y = labels[idx].to(device)
+            with autocast():
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if averaged is not None and epoch > epochs - swa_epochs:
+                averaged.update_parameters(model)
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
 
-        val_logits = torch.from_numpy(predict_logits(model, val_split.images, batch_size))
-        val_y = torch.from_numpy(val_split.labels)
-        val_loss = F.cross_entropy(val_logits, val_y, weight=weight).item()
         record = {
             "epoch": epoch,
             "train_loss": total_loss / seen,
             "train_accuracy": correct / seen,
-            "val_loss": val_loss,
-            "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
+            **validate(model),
             "epoch_seconds": time.perf_counter() - started,
         }
         history.append(record)
-        on_epoch(record)
+        on_epoch(record, model)
         print(
             f"epoch {epoch}: train loss {record['train_loss']:.4f} acc "
-            f"{record['train_accuracy']:.3f} | val loss {val_loss:.4f} acc "
+            f"{record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc "
             f"{record['val_accuracy']:.3f} | {record['epoch_seconds']:.0f}s",
             file=sys.stderr,
         )
-        if val_loss < best_loss:
-            best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
+        if averaged is not None:
+            continue  # the average needs the whole schedule: no early stopping
+        if record["val_loss"] < best_loss:
+            best_loss, best_state, stale = record["val_loss"], copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
             if stale >= int(params["early_stopping_patience"]):
                 print(f"early stopping: no val loss improvement in {stale} epochs", file=sys.stderr)
                 break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    return model.to(memory_format=torch.contiguous_format).eval(), history
+    if averaged is not None:
+        model = averaged.module
+        with autocast():
+            recompute_batchnorm(model, train_split.images, batch_size, device)
+    else:
+        assert best_state is not None
+        model.load_state_dict(best_state)
+    chosen = validate(model)
+    return model.to("cpu", memory_format=torch.contiguous_format).eval(), history, chosen
 
 
-def summarize(history: list[dict[str, float]]) -> dict[str, float]:
+@torch.no_grad()
+def recompute_batchnorm(
+    model: nn.Module, images: np.ndarray, batch_size: int, device: str = "cpu"
+) -> None:
+    """Re-estimate the BatchNorm statistics of averaged weights: one pass over ``images``
+    (uint8 N x H x W, not augmented), each batch weighted equally."""
+    batches = (
+        to_input(torch.from_numpy(images[i : i + batch_size]))
+        .to(device)
+        .contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(images) - 1, batch_size)  # never a batch of one
+    )
+    torch.optim.swa_utils.update_bn(batches, model)
+
+
+def summarize(
+    history: list[dict[str, float]], chosen: dict[str, float], params: dict[str, Any]
+) -> dict[str, float]:
+    """metrics/train.json: the epochs, the best single epoch, and the weights returned."""
     best = min(history, key=lambda r: r["val_loss"])
+    averaged = params.get("select") == "swa"
     return {
-        "best_epoch": best["epoch"],
         "epochs_run": len(history),
+        "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"],
         "best_val_accuracy": best["val_accuracy"],
+        "averaged_epochs": int(params.get("swa_epochs", 1)) if averaged else 0,
+        "val_loss": chosen["val_loss"],
+        "val_accuracy": chosen["val_accuracy"],
         "train_seconds": sum(r["epoch_seconds"] for r in history),
     }
 
@@ -276,12 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with tracking.resume_run() as mlflow:
 
-        def log_epoch(record: dict[str, float]) -> None:
+        def log_epoch(record: dict[str, float], _model: nn.Module) -> None:
             step = int(record["epoch"])
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
 
-        model, history = train(model, train_split, val_split, params, on_epoch=log_epoch)
-        summary = summarize(history)
+        model, history, chosen = train(model, train_split, val_split, params, log_epoch)
+        summary = summarize(history, chosen, params)
         mlflow.log_metrics({f"train_{k}": float(v) for k, v in summary.items()})
         mlflow.set_tag("train.precision_used", resolve_precision(params.get("precision", "fp32")))
 

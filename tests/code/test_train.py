@@ -178,7 +178,7 @@ def test_train_runs_in_both_precisions_and_restores_the_best_epoch(precision, sm
         "early_stopping_patience": 3, "precision": precision, "label_smoothing": 0.1,
         "schedule": "cosine", "augment": {"crop_scale": 0.7, "gamma": 0.3, "noise": 0.03},
     }  # fmt: skip
-    model, history = train(build_model("none"), splits["train"], splits["val"], params)
+    model, history, _ = train(build_model("none"), splits["train"], splits["val"], params)
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history)
     assert not model.training

@@ -1,0 +1,174 @@
+"""Seed study: how far test accuracy moves with the training seed, per precision (fp32, bf16
+autocast) and per way of choosing the weights, all from the same runs.
+
+    python bench/seeds.py --seeds 1 2 3 4 5 --precisions fp32 bf16 [--device cuda] [--jobs 4]
+    python bench/seeds.py --quick        # tiny, to check the script runs (tests)
+
+Trains the ``train`` section of params.yaml from random init (``train.weights=none``) on the
+prepared splits (``data/prepared/``, or ``--data`` prepared here with the ``prepare`` params)
+and scores three choices of weights of every run on the test split, each at the threshold the
+evaluate stage would choose on validation (the decisions do not depend on the calibration):
+
+  best_val_loss  the epoch with the lowest validation loss
+  last           the last epoch
+  swa            the weights averaged over every step of the last ``train.swa_epochs`` epochs,
+                 BatchNorm statistics recomputed on the training images (``train.select: swa``)
+
+Writes every run to ``--out`` (JSON) and prints Markdown tables: mean, standard deviation and
+range over the seeds. On a GPU, ``fp32`` turns TF32 off so that it means fp32 arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from pneumonia.config import PREPARED_DIR, RAW_DIR, load_params  # noqa: E402
+from pneumonia.evaluate import evaluate  # noqa: E402
+from pneumonia.model import build_model, positive_probability, predict_logits  # noqa: E402
+from pneumonia.prepare import PreparedSplit, load_split, prepare, save  # noqa: E402
+from pneumonia.train import train  # noqa: E402
+
+CHOICES = ("best_val_loss", "last", "swa")
+REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc")
+QUICK = {"epochs": 2, "batch_size": 16, "swa_epochs": 1}
+
+
+def subset(split: PreparedSplit, per_class: int) -> PreparedSplit:
+    """The first ``per_class`` images of each class (quick mode)."""
+    idx = np.concatenate([np.flatnonzero(split.labels == c)[:per_class] for c in (0, 1)])
+    return PreparedSplit(
+        images=split.images[idx],
+        labels=split.labels[idx],
+        files=[split.files[i] for i in idx],
+        patients=[split.patients[i] for i in idx],
+    )
+
+
+def score(model, splits, params, device: str) -> dict[str, float]:
+    """Test metrics at the threshold chosen on validation, as the evaluate stage does."""
+    val_p, test_p = (
+        positive_probability(predict_logits(model.to(device), splits[s].images, 64, device))
+        for s in ("val", "test")
+    )
+    _, test = evaluate(val_p, splits["val"].labels, test_p, splits["test"].labels, params)
+    return {k: test[k] for k in REPORTED}
+
+
+def one_run(job: dict) -> dict:
+    """Train one (seed, precision); score each choice of weights on the test split."""
+    torch.set_num_threads(job["threads"])
+    device = job["device"]
+    if device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    splits = {s: load_split(s, Path(job["prepared"])) for s in ("train", "val", "test")}
+    params = {**job["train"], "seed": job["seed"], "precision": job["precision"], "select": "swa"}
+    snapshots: dict[int, dict] = {}
+
+    def keep(record: dict, model: torch.nn.Module) -> None:
+        state = model.state_dict()
+        snapshots[int(record["epoch"])] = {k: v.cpu().clone() for k, v in state.items()}
+
+    torch.manual_seed(job["seed"])  # the head's init, as the train stage does
+    model = build_model("none", str(params.get("input_norm", "fixed")))
+    started = time.perf_counter()
+    averaged, history, _ = train(copy.deepcopy(model), splits["train"], splits["val"], params,
+                                 keep, device)  # fmt: skip
+    seconds = time.perf_counter() - started
+    best_epoch = int(min(history, key=lambda r: r["val_loss"])["epoch"])
+    scores = {"swa": score(averaged, splits, job["evaluate"], device)}
+    for choice, epoch in (("best_val_loss", best_epoch), ("last", len(history))):
+        model.load_state_dict(snapshots[epoch])
+        scores[choice] = score(model, splits, job["evaluate"], device)
+    return {"seed": job["seed"], "precision": job["precision"], "best_epoch": best_epoch,
+            "train_seconds": round(seconds, 1), "test": scores}  # fmt: skip
+
+
+def prepared_dir(args, params: dict, scratch: Path) -> Path:
+    """The folder of prepared splits: data/prepared as is, or --data prepared into scratch."""
+    if args.data is None and not args.quick and (PREPARED_DIR / "train.npz").is_file():
+        return PREPARED_DIR
+    prep = params["prepare"]
+    size = 32 if args.quick else int(prep["image_size"])
+    raw = args.data or RAW_DIR
+    splits, report = prepare(raw, size, float(prep["val_fraction"]), int(prep["seed"]))
+    if args.quick:
+        splits = {name: subset(split, 6) for name, split in splits.items()}
+    save(splits, report, scratch, scratch / "data.json")
+    return scratch
+
+
+def table(runs: list[dict], metric: str) -> list[str]:
+    lines = [f"**test {metric}** (mean ± sd, min-max over seeds)", "",
+             "| precision | seeds | " + " | ".join(CHOICES) + " |",
+             "|---|---:|" + "---:|" * len(CHOICES)]  # fmt: skip
+    for precision in dict.fromkeys(r["precision"] for r in runs):
+        mine = [r for r in runs if r["precision"] == precision]
+        cells = []
+        for choice in CHOICES:
+            values = [r["test"][choice][metric] for r in mine]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f} ({min(values):.3f}-"
+                         f"{max(values):.3f})")  # fmt: skip
+        lines.append(f"| {precision} | {len(mine)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
+    parser.add_argument("--data", type=Path, help="raw dataset to prepare (default: prepared)")
+    parser.add_argument("--out", type=Path, default=Path("seeds.json"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+
+    params = load_params()
+    train_params = {**params["train"], "weights": "none", **(QUICK if args.quick else {})}
+    train_params.setdefault("swa_epochs", 3)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = prepared_dir(args, params, Path(scratch))
+        jobs = [{"seed": seed, "precision": precision, "device": args.device, "threads": threads,
+                 "prepared": str(folder), "train": train_params, "evaluate": params["evaluate"]}
+                for seed in args.seeds for precision in args.precisions]  # fmt: skip
+        runs = []
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            for run in pool.imap_unordered(one_run, jobs):
+                print(json.dumps(run), flush=True)  # what is done, should the rest not finish
+                runs.append(run)
+    runs.sort(key=lambda r: (args.precisions.index(r["precision"]), r["seed"]))
+    args.out.write_text(json.dumps({"train": train_params, "device": args.device,
+                                    "runs": runs}, indent=2) + "\n")  # fmt: skip
+    print(f"device: {args.device}; train params: {json.dumps(train_params)}\n")
+    for metric in REPORTED:
+        print("\n".join(table(runs, metric)))
+    print("Test accuracy of each run:\n")
+    print("| precision | seed | best epoch | train s | " + " | ".join(CHOICES) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(CHOICES))
+    for r in runs:
+        accs = " | ".join(f"{r['test'][c]['accuracy']:.3f}" for c in CHOICES)
+        row = f"{r['precision']} | {r['seed']} | {r['best_epoch']} | {r['train_seconds']}"
+        print(f"| {row} | {accs} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
