@@ -6,13 +6,12 @@ autocast) and per way of choosing the weights, all from the same runs.
 
 Trains the ``train`` section of params.yaml from random init (``train.weights=none``) on the
 prepared splits (``data/prepared/``, or ``--data`` prepared here with the ``prepare`` params)
-and scores three choices of weights of every run on the test split, each at the threshold the
-evaluate stage would choose on validation (the decisions do not depend on the calibration):
+and scores both choices of weights (``train.select``) of every run on the test split, each at
+the threshold the evaluate stage would choose on validation (the decisions do not depend on the
+calibration):
 
   best_val_loss  the epoch with the lowest validation loss
-  last           the last epoch
-  swa            the weights averaged over every step of the last ``train.swa_epochs`` epochs,
-                 BatchNorm statistics recomputed on the training images (``train.select: swa``)
+  last           the last epoch, the end of the schedule
 
 Writes every run to ``--out`` (JSON) and prints Markdown tables: mean, standard deviation and
 range over the seeds. On a GPU, ``fp32`` turns TF32 off so that it means fp32 arithmetic.
@@ -21,7 +20,6 @@ range over the seeds. On a GPU, ``fp32`` turns TF32 off so that it means fp32 ar
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import multiprocessing
 import os
@@ -43,9 +41,9 @@ from pneumonia.model import build_model, positive_probability, predict_logits  #
 from pneumonia.prepare import PreparedSplit, load_split, prepare, save  # noqa: E402
 from pneumonia.train import train  # noqa: E402
 
-CHOICES = ("best_val_loss", "last", "swa")
+CHOICES = ("best_val_loss", "last")
 REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc")
-QUICK = {"epochs": 2, "batch_size": 16, "swa_epochs": 1}
+QUICK = {"epochs": 2, "batch_size": 16}
 
 
 def subset(split: PreparedSplit, per_class: int) -> PreparedSplit:
@@ -77,7 +75,7 @@ def one_run(job: dict) -> dict:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     splits = {s: load_split(s, Path(job["prepared"])) for s in ("train", "val", "test")}
-    params = {**job["train"], "seed": job["seed"], "precision": job["precision"], "select": "swa"}
+    params = {**job["train"], "seed": job["seed"], "precision": job["precision"], "select": "last"}
     snapshots: dict[int, dict] = {}
 
     def keep(record: dict, model: torch.nn.Module) -> None:
@@ -87,11 +85,10 @@ def one_run(job: dict) -> dict:
     torch.manual_seed(job["seed"])  # the head's init, as the train stage does
     model = build_model("none", str(params.get("input_norm", "fixed")))
     started = time.perf_counter()
-    averaged, history, _ = train(copy.deepcopy(model), splits["train"], splits["val"], params,
-                                 keep, device)  # fmt: skip
+    history = train(model, splits["train"], splits["val"], params, keep, device)[1]
     seconds = time.perf_counter() - started
     best_epoch = int(min(history, key=lambda r: r["val_loss"])["epoch"])
-    scores = {"swa": score(averaged, splits, job["evaluate"], device)}
+    scores = {}
     for choice, epoch in (("best_val_loss", best_epoch), ("last", len(history))):
         model.load_state_dict(snapshots[epoch])
         scores[choice] = score(model, splits, job["evaluate"], device)
@@ -142,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params()
     train_params = {**params["train"], "weights": "none", **(QUICK if args.quick else {})}
-    train_params.setdefault("swa_epochs", 3)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch:
         folder = prepared_dir(args, params, Path(scratch))

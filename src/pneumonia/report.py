@@ -131,8 +131,9 @@ def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/
         summary = json.loads(train.read_text())
         lines += [
             "",
-            f"Training: best epoch {summary.get('best_epoch')} of {summary.get('epochs_run')}, "
-            f"{summary.get('train_seconds', 0) / 60:.1f} min.",
+            f"Training: kept epoch {summary.get('kept_epoch', summary.get('best_epoch'))} of "
+            f"{summary.get('epochs_run')} (lowest validation loss: epoch "
+            f"{summary.get('best_epoch')}), {summary.get('train_seconds', 0) / 60:.1f} min.",
         ]
     served = served_model(root / "models" / "bundle")
     if served:

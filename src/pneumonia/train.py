@@ -1,7 +1,7 @@
 """Stage ``train``: fit ResNet18 on the prepared train split.
 
-Writes ``models/model.pt`` (``train.select``: the weights averaged over the last epochs, or the
-epoch with the lowest validation loss), ``metrics/train.json`` (summary) and
+Writes ``models/model.pt`` (``train.select``: the last epoch's weights, or the epoch with the
+lowest validation loss), ``metrics/train.json`` (summary) and
 ``metrics/train_history.csv`` (per-epoch curves, a DVC plot); logs the same to MLflow.
 """
 
@@ -35,7 +35,7 @@ from pneumonia.model import (
 )
 from pneumonia.prepare import PreparedSplit, load_split
 
-SELECTIONS = ("swa", "best_val_loss")
+SELECTIONS = ("last", "best_val_loss")
 
 
 @dataclass(frozen=True)
@@ -162,14 +162,14 @@ def train(
     device: str = "cpu",
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
     """Train ``model`` (from ``build_model``); return it (eval mode, on the CPU), the per-epoch
-    history, and the validation loss and accuracy of the weights returned.
+    history, and a record of the epoch whose weights are returned.
 
-    ``params["select"]``: ``swa`` returns the average of the weights after every step of the
-    last ``swa_epochs`` epochs, with BatchNorm statistics recomputed on the training images;
-    ``best_val_loss`` returns the epoch with the lowest validation loss and stops early after
-    ``early_stopping_patience`` epochs without improvement. ``on_epoch(record, model)`` runs
-    after each epoch. Seeds every generator from ``params["seed"]``. ``device``: where to train
-    (the pipeline uses the CPU; ``cuda`` serves bench/seeds.py).
+    ``params["select"]``: ``last`` runs every planned epoch and returns the last one (the end
+    of the schedule; docs/model-quality.md); ``best_val_loss`` returns the epoch with the
+    lowest validation loss and stops early after ``early_stopping_patience`` epochs without
+    improvement. ``on_epoch(record, model)`` runs after each epoch. Seeds every generator from
+    ``params["seed"]``. ``device``: where to train (the pipeline uses the CPU; bench/seeds.py
+    can use a GPU).
     """
     generator = seed_everything(int(params["seed"]))
     device_type = torch.device(device).type
@@ -189,26 +189,11 @@ def train(
     selection = params.get("select", "best_val_loss")
     if selection not in SELECTIONS:
         raise ValueError(f"train.select must be one of {SELECTIONS}, got {selection!r}")
-    swa_epochs = int(params.get("swa_epochs", 1))
-    if selection == "swa" and not 1 <= swa_epochs <= epochs:
-        raise ValueError(f"train.swa_epochs must be between 1 and train.epochs, got {swa_epochs}")
-    averaged = torch.optim.swa_utils.AveragedModel(model) if selection == "swa" else None
     steps_per_epoch = math.ceil(len(images) / batch_size)
     scheduler = lr_schedule(optimizer, params.get("schedule", "constant"), epochs * steps_per_epoch)
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def validate(candidate: nn.Module) -> dict[str, float]:
-        logits = torch.from_numpy(predict_logits(candidate, val_split.images, batch_size, device))
-        val_y = torch.from_numpy(val_split.labels)
-        return {
-            "val_loss": F.cross_entropy(logits, val_y, weight=weight).item(),
-            "val_accuracy": (logits.argmax(1) == val_y).float().mean().item(),
-        }
-
     history: list[dict[str, float]] = []
-    best_loss, best_state, stale = math.inf, None, 0
+    best_loss, best_state, stale, kept = math.inf, None, 0, {}
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
@@ -227,25 +212,26 @@ def train(
             x = augment(images[idx].float().div(255.0).unsqueeze(1), aug, generator)
             x = to_input(x).to(device).contiguous(memory_format=torch.channels_last)
             y = labels[idx].to(device)
-            with autocast():
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = model(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if averaged is not None and epoch > epochs - swa_epochs:
-                averaged.update_parameters(model)
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
 
+        val_logits = torch.from_numpy(predict_logits(model, val_split.images, batch_size, device))
+        val_y = torch.from_numpy(val_split.labels)
         record = {
             "epoch": epoch,
             "train_loss": total_loss / seen,
             "train_accuracy": correct / seen,
-            **validate(model),
+            "val_loss": F.cross_entropy(val_logits, val_y, weight=weight).item(),
+            "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
             "epoch_seconds": time.perf_counter() - started,
         }
         history.append(record)
@@ -256,55 +242,34 @@ def train(
             f"{record['val_accuracy']:.3f} | {record['epoch_seconds']:.0f}s",
             file=sys.stderr,
         )
-        if averaged is not None:
-            continue  # the average needs the whole schedule: no early stopping
+        if selection == "last":
+            continue
         if record["val_loss"] < best_loss:
             best_loss, best_state, stale = record["val_loss"], copy.deepcopy(model.state_dict()), 0
+            kept = record
         else:
             stale += 1
             if stale >= int(params["early_stopping_patience"]):
                 print(f"early stopping: no val loss improvement in {stale} epochs", file=sys.stderr)
                 break
-    if averaged is not None:
-        model = averaged.module
-        with autocast():
-            recompute_batchnorm(model, train_split.images, batch_size, device)
+    if selection == "last":
+        kept = history[-1]
     else:
         assert best_state is not None
         model.load_state_dict(best_state)
-    chosen = validate(model)
-    return model.to("cpu", memory_format=torch.contiguous_format).eval(), history, chosen
+    return model.to("cpu", memory_format=torch.contiguous_format).eval(), history, kept
 
 
-@torch.no_grad()
-def recompute_batchnorm(
-    model: nn.Module, images: np.ndarray, batch_size: int, device: str = "cpu"
-) -> None:
-    """Re-estimate the BatchNorm statistics of averaged weights: one pass over ``images``
-    (uint8 N x H x W, not augmented), each batch weighted equally."""
-    batches = (
-        to_input(torch.from_numpy(images[i : i + batch_size]))
-        .to(device)
-        .contiguous(memory_format=torch.channels_last)
-        for i in range(0, len(images) - 1, batch_size)  # never a batch of one
-    )
-    torch.optim.swa_utils.update_bn(batches, model)
-
-
-def summarize(
-    history: list[dict[str, float]], chosen: dict[str, float], params: dict[str, Any]
-) -> dict[str, float]:
-    """metrics/train.json: the epochs, the best single epoch, and the weights returned."""
+def summarize(history: list[dict[str, float]], kept: dict[str, float]) -> dict[str, float]:
+    """metrics/train.json: the epochs run, the epoch kept, and the one with the lowest val loss."""
     best = min(history, key=lambda r: r["val_loss"])
-    averaged = params.get("select") == "swa"
     return {
         "epochs_run": len(history),
+        "kept_epoch": kept["epoch"],
+        "val_loss": kept["val_loss"],
+        "val_accuracy": kept["val_accuracy"],
         "best_epoch": best["epoch"],
         "best_val_loss": best["val_loss"],
-        "best_val_accuracy": best["val_accuracy"],
-        "averaged_epochs": int(params.get("swa_epochs", 1)) if averaged else 0,
-        "val_loss": chosen["val_loss"],
-        "val_accuracy": chosen["val_accuracy"],
         "train_seconds": sum(r["epoch_seconds"] for r in history),
     }
 
@@ -341,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             step = int(record["epoch"])
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
 
-        model, history, chosen = train(model, train_split, val_split, params, log_epoch)
-        summary = summarize(history, chosen, params)
+        model, history, kept = train(model, train_split, val_split, params, log_epoch)
+        summary = summarize(history, kept)
         mlflow.log_metrics({f"train_{k}": float(v) for k, v in summary.items()})
         mlflow.set_tag("train.precision_used", resolve_precision(params.get("precision", "fp32")))
 

@@ -167,30 +167,73 @@ def test_weights_file_errors_are_explicit(tmp_path):
         build_model(str(wrong))
 
 
+def val_loss_of(model, splits) -> float:
+    """The validation loss the train loop records, recomputed for ``model``."""
+    from pneumonia.model import predict_logits
+
+    logits = torch.from_numpy(predict_logits(model, splits["val"].images))
+    weight = class_weights(splits["train"].labels, "balanced")
+    labels = torch.from_numpy(splits["val"].labels)
+    return torch.nn.functional.cross_entropy(logits, labels, weight=weight).item()
+
+
+TRAIN_PARAMS = {
+    "seed": 0, "lr": 0.001, "batch_size": 8, "epochs": 2, "class_weighting": "balanced",
+    "early_stopping_patience": 3, "label_smoothing": 0.1, "schedule": "cosine",
+    "augment": {"crop_scale": 0.7, "gamma": 0.3, "noise": 0.03},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_train_runs_in_both_precisions_and_restores_the_best_epoch(precision, small_dataset):
     from pneumonia.prepare import prepare
     from pneumonia.train import train
 
     splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
-    params = {
-        "seed": 0, "lr": 0.001, "batch_size": 8, "epochs": 2, "class_weighting": "balanced",
-        "early_stopping_patience": 3, "precision": precision, "label_smoothing": 0.1,
-        "schedule": "cosine", "augment": {"crop_scale": 0.7, "gamma": 0.3, "noise": 0.03},
-    }  # fmt: skip
-    model, history, _ = train(build_model("none"), splits["train"], splits["val"], params)
+    params = {**TRAIN_PARAMS, "precision": precision, "select": "best_val_loss"}
+    model, history, kept = train(build_model("none"), splits["train"], splits["val"], params)
     assert [r["epoch"] for r in history] == [1, 2]
     assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history)
     assert not model.training
     # The returned weights are the best epoch's: recomputing its validation loss agrees.
-    from pneumonia.model import predict_logits
+    best = min(history, key=lambda r: r["val_loss"])
+    assert kept == best
+    assert val_loss_of(model, splits) == pytest.approx(best["val_loss"], rel=1e-4)
 
-    logits = torch.from_numpy(predict_logits(model, splits["val"].images))
-    weight = class_weights(splits["train"].labels, "balanced")
-    loss = torch.nn.functional.cross_entropy(
-        logits, torch.from_numpy(splits["val"].labels), weight=weight
-    )
-    assert loss.item() == pytest.approx(min(r["val_loss"] for r in history), rel=1e-4)
+
+def test_select_last_returns_the_last_epoch_and_never_stops_early(small_dataset):
+    from pneumonia.prepare import prepare
+    from pneumonia.train import summarize, train
+
+    splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    params = {**TRAIN_PARAMS, "epochs": 3, "early_stopping_patience": 1, "select": "last"}
+    seen = []
+
+    def on_epoch(record, model):
+        seen.append((record["epoch"], val_loss_of(model, splits)))
+
+    model, history, kept = train(build_model("none"), splits["train"], splits["val"], params,
+                                 on_epoch)  # fmt: skip
+    assert [r["epoch"] for r in history] == [1, 2, 3] and kept == history[-1]
+    # on_epoch saw the model of each epoch (its recorded validation loss), the last is returned
+    assert [e for e, _ in seen] == [1, 2, 3]
+    for (_, loss), record in zip(seen, history, strict=True):
+        assert loss == pytest.approx(record["val_loss"], rel=1e-4)
+    assert val_loss_of(model, splits) == pytest.approx(history[-1]["val_loss"], rel=1e-4)
+    summary = summarize(history, kept)
+    assert summary["kept_epoch"] == 3 and summary["epochs_run"] == 3
+    assert summary["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
+
+
+def test_unknown_selection_is_refused(small_dataset):
+    from pneumonia.prepare import prepare
+    from pneumonia.train import train
+
+    splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    with pytest.raises(ValueError, match="train.select"):
+        train(
+            build_model("none"), splits["train"], splits["val"], {**TRAIN_PARAMS, "select": "swa"}
+        )
 
 
 def test_unknown_precision_is_refused(small_dataset):

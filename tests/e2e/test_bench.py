@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from pneumonia.model import save_checkpoint
 from tests.bundles import calibrated_model, make_bundle, real_images
-from tests.conftest import REPO, run, tool_env
+from tests.conftest import REPO, copy_subset, run, tool_env
 
 pytestmark = pytest.mark.slow
 METRICS = {"threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8,
@@ -23,6 +24,22 @@ def test_training_step_benchmark_runs():
     assert "1.00x |" in result.stdout and "native bf16:" in result.stdout
     for row in ("data loader workers", "torch.compile", "1 thread"):
         assert f"{row}" in result.stdout, row
+
+
+def test_seed_study_runs_and_scores_both_choices_of_weights(tmp_path):
+    data = copy_subset(tmp_path / "chest_xray", {"train": 12, "val": 4, "test": 4})
+    out = tmp_path / "seeds.json"
+    command = [sys.executable, "bench/seeds.py", "--quick", "--data", str(data), "--seeds", "1",
+               "2", "--precisions", "fp32", "bf16", "--jobs", "2", "--out", str(out)]  # fmt: skip
+    result = run(command, REPO, tool_env())
+    assert "| precision | seeds | best_val_loss | last |" in result.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["precision"], r["seed"]) for r in runs) == [
+        ("bf16", 1), ("bf16", 2), ("fp32", 1), ("fp32", 2)]  # fmt: skip
+    for r in runs:
+        for choice in ("best_val_loss", "last"):
+            assert 0.0 <= r["test"][choice]["accuracy"] <= 1.0
+            assert set(r["test"][choice]) == {"accuracy", "sensitivity", "specificity", "roc_auc"}
 
 
 def write_prepared(folder, size: int) -> None:
