@@ -97,6 +97,18 @@ def served_model(bundle_dir: Path) -> str | None:
     )
 
 
+def training(train_json: Path) -> str | None:
+    """The line on training from metrics/train.json: which epoch was kept, and the time."""
+    if not train_json.is_file():
+        return None
+    summary = json.loads(train_json.read_text())
+    kept = summary.get("kept_epoch", summary.get("best_epoch"))  # before train.select: best
+    return (
+        f"Training: kept epoch {kept} of {summary.get('epochs_run')} (lowest validation loss: "
+        f"epoch {summary.get('best_epoch')}), {summary.get('train_seconds', 0) / 60:.1f} min."
+    )
+
+
 def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/figures") -> str:
     """The report as markdown; image links are relative to ``root`` (CML uploads them)."""
     status = "PASS" if verdict.passed else "FAIL"
@@ -126,18 +138,12 @@ def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/
     for title, name in FIGURES:
         if (root / figures_dir / name).is_file():
             lines.append(f"![{title}](./{figures_dir}/{name})")
-    train = root / "metrics" / "train.json"
-    if train.is_file():
-        summary = json.loads(train.read_text())
-        lines += [
-            "",
-            f"Training: kept epoch {summary.get('kept_epoch', summary.get('best_epoch'))} of "
-            f"{summary.get('epochs_run')} (lowest validation loss: epoch "
-            f"{summary.get('best_epoch')}), {summary.get('train_seconds', 0) / 60:.1f} min.",
-        ]
-    served = served_model(root / "models" / "bundle")
-    if served:
-        lines += ["", served]
+    for line in (
+        training(root / "metrics" / "train.json"),
+        served_model(root / "models" / "bundle"),
+    ):
+        if line:
+            lines += ["", line]
     lines += [
         "",
         "<sub>Aggregate metrics and plots only; no patient image leaves the runner.</sub>",

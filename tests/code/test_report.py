@@ -1,10 +1,10 @@
-"""The PR report's line on the served model."""
+"""The PR report's lines on training and on the served model."""
 
 from __future__ import annotations
 
 import json
 
-from pneumonia.report import served_model
+from pneumonia.report import served_model, training
 
 
 def test_served_model_line_for_float_int8_and_no_bundle(tmp_path):
@@ -20,3 +20,18 @@ def test_served_model_line_for_float_int8_and_no_bundle(tmp_path):
     line = served_model(tmp_path)
     assert line.startswith("Served model: INT8 ONNX, 1.0 MiB")
     assert "test accuracy 0.9000 (trained model 0.9100), 3 of 316 test decisions" in line
+
+
+def test_training_line_names_the_kept_epoch_and_reads_older_summaries(tmp_path):
+    path = tmp_path / "train.json"
+    assert training(path) is None
+    summary = {"epochs_run": 8, "kept_epoch": 8, "best_epoch": 4, "train_seconds": 600}
+    path.write_text(json.dumps(summary))
+    assert training(path) == (
+        "Training: kept epoch 8 of 8 (lowest validation loss: epoch 4), 10.0 min."
+    )
+    # a summary written before train.select (main's, say) kept its best epoch
+    path.write_text(json.dumps({"epochs_run": 8, "best_epoch": 6, "train_seconds": 60}))
+    assert training(path).startswith(
+        "Training: kept epoch 6 of 8 (lowest validation loss: epoch 6)"
+    )
