@@ -76,23 +76,22 @@ def one_run(job: dict) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = False
     splits = {s: load_split(s, Path(job["prepared"])) for s in ("train", "val", "test")}
     params = {**job["train"], "seed": job["seed"], "precision": job["precision"], "select": "last"}
-    snapshots: dict[int, dict] = {}
+    best: dict = {"val_loss": float("inf")}  # the lowest-validation-loss epoch and its weights
 
     def keep(record: dict, model: torch.nn.Module) -> None:
-        state = model.state_dict()
-        snapshots[int(record["epoch"])] = {k: v.cpu().clone() for k, v in state.items()}
+        if record["val_loss"] < best["val_loss"]:
+            state = {k: v.cpu().clone() for k, v in model.state_dict().items()}
+            best.update(record, state=state)
 
     torch.manual_seed(job["seed"])  # the head's init, as the train stage does
     model = build_model("none", str(params.get("input_norm", "fixed")))
     started = time.perf_counter()
-    history = train(model, splits["train"], splits["val"], params, keep, device)[1]
+    last = train(model, splits["train"], splits["val"], params, keep, device)[0]
     seconds = time.perf_counter() - started
-    best_epoch = int(min(history, key=lambda r: r["val_loss"])["epoch"])
-    scores = {}
-    for choice, epoch in (("best_val_loss", best_epoch), ("last", len(history))):
-        model.load_state_dict(snapshots[epoch])
-        scores[choice] = score(model, splits, job["evaluate"], device)
-    return {"seed": job["seed"], "precision": job["precision"], "best_epoch": best_epoch,
+    scores = {"last": score(last, splits, job["evaluate"], device)}
+    last.load_state_dict(best["state"])
+    scores["best_val_loss"] = score(last, splits, job["evaluate"], device)
+    return {"seed": job["seed"], "precision": job["precision"], "best_epoch": best["epoch"],
             "train_seconds": round(seconds, 1), "test": scores}  # fmt: skip
 
 

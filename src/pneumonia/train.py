@@ -193,7 +193,7 @@ def train(
     scheduler = lr_schedule(optimizer, params.get("schedule", "constant"), epochs * steps_per_epoch)
 
     history: list[dict[str, float]] = []
-    best_loss, best_state, stale, kept = math.inf, None, 0, {}
+    best_loss, best_state, stale = math.inf, None, 0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
@@ -246,7 +246,6 @@ def train(
             continue
         if record["val_loss"] < best_loss:
             best_loss, best_state, stale = record["val_loss"], copy.deepcopy(model.state_dict()), 0
-            kept = record
         else:
             stale += 1
             if stale >= int(params["early_stopping_patience"]):
@@ -257,6 +256,7 @@ def train(
     else:
         assert best_state is not None
         model.load_state_dict(best_state)
+        kept = min(history, key=lambda r: r["val_loss"])  # the first of equals, as above
     return model.to("cpu", memory_format=torch.contiguous_format).eval(), history, kept
 
 
