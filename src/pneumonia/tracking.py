@@ -85,12 +85,33 @@ def git_info(root: Path | None = None) -> dict[str, Any]:
         return result.stdout.strip()
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    branch = os.environ.get("GITHUB_HEAD_REF") or os.environ.get("GITHUB_REF_NAME")
+    commit = git("rev-parse", "HEAD")
     return {
-        "commit": os.environ.get("GITHUB_SHA") or git("rev-parse", "HEAD"),
-        "branch": branch or git("rev-parse", "--abbrev-ref", "HEAD"),
+        # The commit of the tree this model is built from: the repository's HEAD, never what
+        # a CI variable says (GITHUB_SHA names the commit that triggered the workflow).
+        "commit": commit,
+        "branch": _branch(git, commit),
         "dirty": bool(status) if status is not None else None,
     }
+
+
+def _branch(git, commit: str | None) -> str | None:
+    """The branch being built. HEAD is detached under `dvc exp run` (the experiment's
+    baseline commit names it) and in GitHub's pull request checkouts (GITHUB_HEAD_REF names
+    it, when GITHUB_SHA is this commit)."""
+    branch = git("symbolic-ref", "--short", "-q", "HEAD")
+    if branch:
+        return branch
+    if commit and os.environ.get("GITHUB_SHA") == commit:
+        ci_branch = os.environ.get("GITHUB_HEAD_REF") or os.environ.get("GITHUB_REF_NAME")
+        if ci_branch:
+            return ci_branch
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV") or commit
+    names = (
+        git("branch", "--points-at", baseline, "--format=%(refname:short)") if baseline else None
+    )
+    candidates = [n for n in (names or "").splitlines() if n and not n.startswith("(")]
+    return candidates[0] if candidates else "detached"
 
 
 def data_version(dvc_file: Path | None = None) -> dict[str, Any]:

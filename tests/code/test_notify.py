@@ -34,6 +34,18 @@ def test_summary_always_and_slack_when_configured(tmp_path, monkeypatch):
     assert "not better than main" in summary.read_text()
 
 
+def test_the_run_link_is_added_on_a_runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.com")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "acme/pneumonia")
+    monkeypatch.setenv("GITHUB_RUN_ID", "42")
+    notify("success", "deployed")
+    assert (tmp_path / "summary.md").read_text() == (
+        "### Deploy\n\n:white_check_mark: deploy success: deployed "
+        "(https://github.com/acme/pneumonia/actions/runs/42)\n"
+    )
+
+
 def test_unreachable_slack_does_not_fail_the_job(tmp_path, monkeypatch):
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "s.md"))
     monkeypatch.setenv("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/hook")

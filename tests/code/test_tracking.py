@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -52,3 +53,49 @@ def test_trigger_prefers_explicit_then_github_event(monkeypatch):
 def test_nested_params_are_flattened():
     flat = tracking.flatten_params({"train": {"lr": 0.001, "augment": {"hflip": 0.5}}})
     assert flat == {"train.lr": 0.001, "train.augment.hflip": 0.5}
+
+
+def _repo(path):
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=path, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    path.mkdir()
+    git("init", "-q", "-b", "main")
+    git(
+        "-c",
+        "user.email=t@example.invalid",
+        "-c",
+        "user.name=t",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "one",
+    )
+    return git
+
+
+def test_recorded_commit_is_the_built_tree_whatever_ci_says(tmp_path, monkeypatch):
+    git = _repo(tmp_path / "repo")
+    head = git("rev-parse", "HEAD")
+    monkeypatch.setenv("GITHUB_SHA", "f" * 40)  # a runner's trigger commit, not this tree
+    monkeypatch.setenv("GITHUB_REF_NAME", "someone-else")
+    info = tracking.git_info(tmp_path / "repo")
+    assert info["commit"] == head and info["branch"] == "main" and info["dirty"] is False
+
+
+def test_branch_of_a_detached_head(tmp_path, monkeypatch):
+    git = _repo(tmp_path / "repo")
+    head = git("rev-parse", "HEAD")
+    git("checkout", "-q", "--detach")
+    monkeypatch.delenv("GITHUB_SHA", raising=False)
+    monkeypatch.delenv("DVC_EXP_BASELINE_REV", raising=False)
+    assert tracking.git_info(tmp_path / "repo")["branch"] == "main"  # dvc exp run's case
+    monkeypatch.setenv("GITHUB_SHA", head)
+    monkeypatch.setenv("GITHUB_HEAD_REF", "retrain/20261126-1")  # a pull request checkout
+    assert tracking.git_info(tmp_path / "repo")["branch"] == "retrain/20261126-1"
+    git("branch", "-q", "-D", "main")
+    monkeypatch.delenv("GITHUB_SHA")
+    assert tracking.git_info(tmp_path / "repo")["branch"] == "detached"
