@@ -4,7 +4,11 @@
 
 Each file is decoded and validated; exact duplicates (same bytes, or same name and bytes) of
 images already in the dataset or earlier in the batch are skipped; a patient already in the
-dataset gets the new image in the same split, new patients go to ``--split`` (train). Files are
+dataset gets the new image in the same split, new patients go to ``--split`` (train). Patients
+are matched only within the namespace ingested into (train+val by default; test with
+``--split test``): the public release numbers ``personNNN`` separately in train and test, so the
+same id there names another child. An id also found in the other namespace is reported, never
+followed: the test split only grows when asked. Files are
 written atomically (never half-copied), then ``dvc add data/chest_xray`` records the new data
 version in ``chest_xray.dvc``. Bad files are listed with the reason; the exit status is 1 when any
 file was rejected (the good ones are still added), 2 when nothing could be read at all.
@@ -27,6 +31,8 @@ from pneumonia import config
 from pneumonia.data import InvalidImageError, content_hash, decode_image, list_images, patient_id
 
 NEW_PATIENT_SPLITS = ("train", "test")  # val is carved out of train by the prepare stage
+# Patient ids link images only within one namespace (see the module docstring).
+NAMESPACES = {"train": ("train", "val"), "test": ("test",)}
 
 
 @dataclass
@@ -41,6 +47,8 @@ class IngestPlan:
     add: list[Planned] = field(default_factory=list)
     duplicates: list[tuple[Path, str]] = field(default_factory=list)
     rejected: list[tuple[Path, str]] = field(default_factory=list)
+    # added, but their patient id also names a patient of the other namespace
+    other_namespace: list[tuple[Path, str]] = field(default_factory=list)
 
     def counts(self) -> dict[str, dict[str, int]]:
         counter = Counter((p.target.parts[0], p.target.parts[1]) for p in self.add)
@@ -66,11 +74,13 @@ def plan_ingest(source: Path, data_dir: Path, new_patient_split: str = "train") 
         raise ValueError(f"--split must be one of {NEW_PATIENT_SPLITS}, got {new_patient_split!r}")
     existing = list_images(data_dir)
     known_hashes = {content_hash(r.path.read_bytes()) for r in existing}
-    # Where each known patient lives. The official release reuses patient numbers between train
-    # and test for different children, so train/val wins over test for a new image of such an id.
+    namespace = NAMESPACES[new_patient_split]
+    # Where each known patient of this namespace lives (train or val; or test).
     split_of_patient: dict[str, str] = {}
-    for record in sorted(existing, key=lambda r: r.split == "test"):
-        split_of_patient.setdefault(record.patient, record.split)
+    for record in existing:
+        if record.split in namespace:
+            split_of_patient.setdefault(record.patient, record.split)
+    elsewhere = {r.patient: r.split for r in existing if r.split not in namespace}
 
     plan = IngestPlan()
     files = sorted(p for p in Path(source).rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -102,6 +112,14 @@ def plan_ingest(source: Path, data_dir: Path, new_patient_split: str = "train") 
             )
             continue
         known_hashes.update({digest, content_hash(stored)})
+        if patient not in split_of_patient and patient in elsewhere:
+            plan.other_namespace.append(
+                (
+                    relative,
+                    f"patient id {patient} is also in {elsewhere[patient]} (another child "
+                    f"in the public naming): added to {split}, {elsewhere[patient]} left as it is",
+                )
+            )
         split_of_patient.setdefault(patient, split)
         plan.add.append(Planned(source=path, target=target, data=stored))
     return plan
@@ -137,6 +155,9 @@ def report(plan: IngestPlan, dry_run: bool) -> str:
     for split, counts in plan.counts().items():
         if any(counts.values()):
             lines.append(f"  {split:5}  " + "  ".join(f"{k} +{v}" for k, v in counts.items()))
+    if plan.other_namespace:
+        lines.append(f"ingest: {len(plan.other_namespace)} id(s) also name a patient elsewhere")
+        lines += [f"  {path}: {reason}" for path, reason in plan.other_namespace]
     lines.append(f"ingest: skipped {len(plan.duplicates)} duplicate(s)")
     lines += [f"  {path}: {reason}" for path, reason in plan.duplicates]
     lines.append(f"ingest: rejected {len(plan.rejected)} file(s)")

@@ -131,3 +131,37 @@ def test_folder_without_files_is_an_error(tmp_path):
     result = run([sys.executable, "-m", "pneumonia.ingest", str(tmp_path / "empty")], tmp_path,
                  tool_env(), check=False)  # fmt: skip
     assert result.returncode == 2 and "no files" in result.stderr
+
+
+def test_ids_link_images_only_within_the_namespace_ingested_into(tmp_path, small_dataset):
+    """The public release numbers personNNN separately in train and test. A new training
+    image named like a test patient stays in train (and is reported); the test split only
+    grows with --split test."""
+    test_patient = sorted((small_dataset / "test" / "PNEUMONIA").iterdir())[0].name.split("_")[0]
+    for same_number in small_dataset.glob(f"train/*/{test_patient}_*"):
+        same_number.unlink()  # in the real data person100 exists in both: keep it in test only
+    train_patient = sorted((small_dataset / "train" / "PNEUMONIA").iterdir())[0].name.split("_")[0]
+    batch = tmp_path / "b" / "PNEUMONIA"
+    batch.mkdir(parents=True)
+    sources = unused_images("PNEUMONIA", 2)
+    shutil.copy(sources[0], batch / f"{test_patient}_bacteria_9001.jpeg")
+    shutil.copy(sources[1], batch / f"{train_patient}_virus_9002.jpeg")
+
+    plan = plan_ingest(tmp_path / "b", small_dataset)
+    assert {str(p.target) for p in plan.add} == {
+        f"train/PNEUMONIA/{test_patient}_bacteria_9001.jpeg",
+        f"train/PNEUMONIA/{train_patient}_virus_9002.jpeg",
+    }
+    assert plan.counts()["test"] == {"NORMAL": 0, "PNEUMONIA": 0}
+    assert [(str(p), "also in test" in r) for p, r in plan.other_namespace] == [
+        (f"PNEUMONIA/{test_patient}_bacteria_9001.jpeg", True)
+    ]
+
+    into_test = plan_ingest(tmp_path / "b", small_dataset, "test")
+    assert {str(p.target) for p in into_test.add} == {
+        f"test/PNEUMONIA/{test_patient}_bacteria_9001.jpeg",
+        f"test/PNEUMONIA/{train_patient}_virus_9002.jpeg",
+    }
+    assert [(str(p), "also in train" in r) for p, r in into_test.other_namespace] == [
+        (f"PNEUMONIA/{train_patient}_virus_9002.jpeg", True)
+    ]
