@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pneumonia.config import PREPARED_DIR, load_params  # noqa: E402
 from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
-from pneumonia.evaluate import classification_metrics  # noqa: E402
+from pneumonia.metrics import classification_metrics  # noqa: E402
 from pneumonia.export import export_onnx  # noqa: E402
 from pneumonia.model import load_checkpoint, predict_logits, to_input  # noqa: E402
 from pneumonia.predict import Bundle, sha256_file  # noqa: E402

@@ -23,14 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from pneumonia import config, predict, tracking
+from pneumonia.metrics import classification_metrics
 from pneumonia.model import load_checkpoint, positive_probability, predict_logits
 from pneumonia.prepare import PreparedSplit, load_split
 
@@ -106,45 +102,6 @@ def expected_calibration_error(
     rows = reliability(labels, probabilities, bins)
     total = sum(n for _, _, n in rows)
     return float(sum(n * abs(p - y) for p, y, n in rows) / total) if total else 0.0
-
-
-def confusion_counts(labels: np.ndarray, predicted: np.ndarray) -> dict[str, int]:
-    """tp/fp/tn/fn with PNEUMONIA (1) as the positive class."""
-    labels, predicted = np.asarray(labels).astype(bool), np.asarray(predicted).astype(bool)
-    return {
-        "tp": int(np.sum(labels & predicted)),
-        "fp": int(np.sum(~labels & predicted)),
-        "tn": int(np.sum(~labels & ~predicted)),
-        "fn": int(np.sum(labels & ~predicted)),
-    }
-
-
-def _ratio(num: int, den: int) -> float:
-    return num / den if den else 0.0
-
-
-def classification_metrics(
-    labels: np.ndarray, probabilities: np.ndarray, threshold: float
-) -> dict[str, Any]:
-    """Metrics of predicting PNEUMONIA when probability >= threshold."""
-    labels = np.asarray(labels)
-    counts = confusion_counts(labels, np.asarray(probabilities) >= threshold)
-    tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
-    precision, sensitivity = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-    both_classes = len(np.unique(labels)) == 2
-    return {
-        "accuracy": _ratio(tp + tn, len(labels)),
-        "precision": precision,
-        "recall": sensitivity,
-        "sensitivity": sensitivity,
-        "specificity": _ratio(tn, tn + fp),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "roc_auc": float(roc_auc_score(labels, probabilities)) if both_classes else None,
-        "pr_auc": float(average_precision_score(labels, probabilities)) if both_classes else None,
-        "threshold": float(threshold),
-        "n": int(len(labels)),
-        **counts,
-    }
 
 
 def choose_threshold(
@@ -373,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with tracking.resume_run() as mlflow:
-            for prefix, metrics in (("test", test_metrics), ("val", val_metrics)):
+            # "validation_", not "val_": train logs the per-epoch curves under val_*.
+            for prefix, metrics in (("test", test_metrics), ("validation", val_metrics)):
                 numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
                 mlflow.log_metrics({f"{prefix}_{k}": v for k, v in numbers.items()})
             mlflow.set_tag("calibration", method)

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumonia import config, tracking
-from pneumonia.files import atomic_directory
+from pneumonia import config, served, tracking
+from pneumonia.files import atomic_directory, atomic_write_text
+from pneumonia.metrics import classification_metrics
 from pneumonia.model import load_checkpoint, to_input
 from pneumonia.predict import Bundle, sha256_file
 from pneumonia.prepare import PreparedSplit, load_split
@@ -38,6 +39,7 @@ from pneumonia.quantize import (
 )
 
 BUNDLE_FORMAT = 1
+SERVED_LOGGED = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 
 class ParityError(RuntimeError):
@@ -158,18 +160,23 @@ def batched_probabilities(bundle: Bundle, images: np.ndarray, batch: int = 64) -
 
 
 def served_accuracy(
-    bundle: Bundle, test: PreparedSplit, float_probability: np.ndarray, float_accuracy: float
+    probability: np.ndarray,
+    threshold: float,
+    test: PreparedSplit,
+    float_probability: np.ndarray,
+    float_accuracy: float,
 ) -> dict[str, Any]:
-    """The served model's test accuracy (the bundle's calibration and threshold) beside the
-    trained model's, and how many decisions and how much probability quantisation changed."""
-    probability = batched_probabilities(bundle, test.images)
-    predicted = probability >= bundle.threshold
-    accuracy = float(np.mean(predicted == (test.labels == bundle.positive)))
+    """The served model's test accuracy (``probability``: the bundle's calibrated output, its
+    threshold) beside the trained model's, and how many decisions and how much probability
+    quantisation changed."""
+    predicted = probability >= threshold
+    positive = config.LABELS.index(config.POSITIVE_LABEL)
+    accuracy = float(np.mean(predicted == (test.labels == positive)))
     return {
         "test_accuracy": round(accuracy, 6),
         "test_accuracy_float": round(float_accuracy, 6),
         "test_accuracy_drop": round(float_accuracy - accuracy, 6),
-        "test_decisions_changed": int(np.sum(predicted != (float_probability >= bundle.threshold))),
+        "test_decisions_changed": int(np.sum(predicted != (float_probability >= threshold))),
         "test_max_probability_change": round(
             float(np.abs(probability - float_probability).max()), 6
         ),
@@ -187,8 +194,10 @@ def export(
     out_dir: Path,
     calibration: np.ndarray | None = None,
     test_split: PreparedSplit | None = None,
-) -> dict[str, Any]:
-    """Export, check parity and write the bundle to ``out_dir`` atomically; return model.json.
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Export, check parity and write the bundle to ``out_dir`` atomically; return model.json
+    and the served model's calibrated probability for each image of ``test_split`` (None
+    without it).
 
     With ``export.quantize: int8`` (params), ``calibration`` (uint8 training images) sets the
     INT8 activation ranges and ``test_split`` checks the served model's accuracy."""
@@ -210,19 +219,24 @@ def export(
                 f"ONNX Runtime differs from torch by {diff} (tolerance {tolerance}); not exporting"
             )
         manifest["parity"] = {**diff, "tolerance": tolerance}
+        served_probability = (
+            None if test_split is None else batched_probabilities(float_bundle, test_split.images)
+        )
         if quantize == "int8":
             if calibration is None or test_split is None:
                 raise ValueError("export.quantize int8 needs calibration images and the test split")
-            float_probability = batched_probabilities(float_bundle, test_split.images)
+            float_probability = served_probability
             quantize_model(float_bundle, staging / "model.int8.onnx", calibration)
             (staging / "model.int8.onnx").replace(onnx_path)
             float_sha = manifest["onnx_sha256"]
             manifest["onnx_sha256"] = sha256_file(onnx_path)
             manifest["version"] = manifest["onnx_sha256"][:12]
             (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            served_probability = batched_probabilities(Bundle(staging), test_split.images)
             check = served_accuracy(
-                Bundle(staging), test_split, float_probability, float(test_metrics["accuracy"])
-            )
+                served_probability, float(manifest["threshold"]), test_split,
+                float_probability, float(test_metrics["accuracy"]),
+            )  # fmt: skip
             manifest["quantization"] = {**quantization_entry(len(calibration), float_sha), **check}
             max_drop = float(params["export"]["max_accuracy_drop"])
             if check["test_accuracy_drop"] > max_drop:
@@ -233,10 +247,37 @@ def export(
                     f"{max_drop}); not exporting. Serve the float model with export.quantize: none"
                 )
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    return manifest, served_probability
 
 
-def register(manifest: dict[str, Any], bundle_dir: Path) -> dict[str, Any]:
+def write_served_record(
+    manifest: dict[str, Any],
+    test_split: PreparedSplit,
+    probability: np.ndarray,
+    test_fingerprint: str | None,
+    root: Path,
+) -> dict[str, Any]:
+    """``metrics/served.json`` (the served model's identity and its test metrics) and
+    ``metrics/served_test.csv`` (file name, true label and served probability per test image,
+    names only): what the gate compares, champion and challenger as served, image by image."""
+    metrics = classification_metrics(test_split.labels, probability, float(manifest["threshold"]))
+    record = {
+        "model": served.identity(manifest),
+        "version": manifest["version"],
+        "test": metrics,
+        "test_data": test_fingerprint,
+    }
+    atomic_write_text(
+        root / served.SERVED_TEST_CSV,
+        served.predictions_csv(test_split.files, test_split.labels, probability),
+    )
+    atomic_write_text(root / served.SERVED_JSON, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def register(
+    manifest: dict[str, Any], bundle_dir: Path, served_test: dict[str, Any]
+) -> dict[str, Any]:
     """Log the bundle to the pipeline's MLflow run and register it as a new model version."""
     import onnx
 
@@ -255,8 +296,8 @@ def register(manifest: dict[str, Any], bundle_dir: Path) -> dict[str, Any]:
                 "bundle.precision": "int8" if quantized else "float32",
             }
         )
-        if quantized:
-            mlflow.log_metric("served_test_accuracy", quantized["test_accuracy"])
+        logged = {k: served_test[k] for k in SERVED_LOGGED if served_test[k] is not None}
+        mlflow.log_metrics({f"served_test_{k}": v for k, v in logged.items()})
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
         client.set_registered_model_alias(
@@ -295,16 +336,20 @@ def main(argv: list[str] | None = None) -> int:
             train = load_split("train")
             count = int(params["export"]["calibration_images"])
             calibration = calibration_sample(train.images, train.labels, count)
-        manifest = export(
+        manifest, probability = export(
             model, image_size, check, val_metrics, test_metrics, params, config.BUNDLE_DIR,
             calibration=calibration, test_split=test,
         )  # fmt: skip
-        registered = register(manifest, config.BUNDLE_DIR)
+        data = json.loads((config.METRICS_DIR / "data.json").read_text())
+        record = write_served_record(
+            manifest, test, probability, data.get("fingerprints", {}).get("test"), config.ROOT
+        )
+        registered = register(manifest, config.BUNDLE_DIR, record["test"])
     except (ParityError, QuantizeError, tracking.TrackingUnavailableError) as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
     quantized = manifest.get("quantization")
-    served = (
+    precision = (
         f"INT8, test accuracy {quantized['test_accuracy']:.4f} vs "
         f"{quantized['test_accuracy_float']:.4f} float; "
         if quantized
@@ -312,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"export: {config.BUNDLE_DIR.relative_to(config.ROOT)} version {manifest['version']} "
-        f"({served}parity of the float graph, max |diff| logits "
+        f"({precision}parity of the float graph, max |diff| logits "
         f"{manifest['parity']['logits']:.2e}); "
         f"MLflow model {registered['name']} v{registered['version']} "
         f"alias '{tracking.CANDIDATE_ALIAS}'"

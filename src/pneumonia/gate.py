@@ -1,20 +1,29 @@
-"""The model gate: does the challenger (this work tree) beat the champion (the base branch)?
+"""The model gate: does this work tree serve a model that should replace the base branch's?
 
     python -m pneumonia.gate --base origin/main [--json gate.json]
 
-Rules (``params.yaml`` section ``gate``): the challenger's test accuracy must be higher than the
-champion's by more than ``min_accuracy_gain``, and its test sensitivity at least
-``min_sensitivity``. Both are measured on the same test data: when the test split differs from
-the base branch's (``metrics/data.json`` fingerprints), the champion's bundle, fetched through DVC
-at the base revision, is re-scored on this work tree's test split. With no metrics on the base
-branch the challenger passes as the first champion. Malformed or missing challenger metrics, or
-malformed champion metrics, fail with exit status 2; a failed rule exits 1; a pass exits 0.
+The gate judges models, not pull requests. It first asks whether the served model changed: the
+identity in ``metrics/served.json`` (ONNX sha256, input, calibration, threshold, labels) here
+against the base revision's. Unchanged (a fix to the app, the docs or a template): it passes and
+says so. Changed: the rules of ``params.yaml`` section ``gate`` apply, to both models as they are
+served (the exported bundles, INT8 where that is what the app runs) and on the same test images:
+the challenger's test sensitivity must be at least ``min_sensitivity`` and its accuracy must beat
+the champion's by more than ``min_accuracy_gain``; with ``require_significant_gain`` the gain
+must also be significant (exact McNemar test at ``significance_level``). Whatever the rules, the
+verdict gives what a reviewer needs to judge a small gain: how many decisions flipped each way,
+the exact McNemar p-value and a paired bootstrap 95% interval of the accuracy difference.
+
+When the test split differs from the base revision's, the champion's bundle is fetched through
+DVC at the base revision and re-scored on this work tree's test images. With no served model on
+the base revision the challenger passes as the first champion. Exit status: 0 pass, 1 a rule
+failed, 2 missing or malformed records (the message says which file and what to do).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -25,50 +34,38 @@ from typing import Any
 import numpy as np
 
 from pneumonia import config
+from pneumonia.metrics import classification_metrics
+from pneumonia.served import (
+    SERVED_JSON,
+    SERVED_TEST_CSV,
+    MetricsError,
+    Predictions,
+    parse_predictions,
+    parse_record,
+)
 
 COMPARED = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")
-REQUIRED = (*COMPARED, "threshold", "n")
-TEST_METRICS = "metrics/test.json"
-DATA_METRICS = "metrics/data.json"
-
-
-class MetricsError(RuntimeError):
-    """A metrics file that cannot be trusted; the message names the file and the problem."""
+UNCHANGED = "model unchanged"
+__all__ = ["MetricsError", "Verdict", "run_gate", "model_changed", "paired_comparison"]
 
 
 @dataclass
 class Verdict:
     passed: bool
-    baseline: str  # "metrics on <base>", "re-scored on this test split", "none"
+    # "model unchanged" | "served metrics on <base>" | "re-scored on this test split" | "none"
+    baseline: str
     reasons: list[str] = field(default_factory=list)
-    challenger: dict[str, Any] = field(default_factory=dict)
-    champion: dict[str, Any] | None = None
-    rules: dict[str, float] = field(default_factory=dict)
+    challenger: dict[str, Any] | None = None  # served test metrics of this work tree's model
+    champion: dict[str, Any] | None = None  # the base revision's, on the same test images
+    comparison: dict[str, Any] | None = None  # paired: flips, McNemar, bootstrap interval
+    rules: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_changed(self) -> bool:
+        return self.baseline != UNCHANGED
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def validate_metrics(raw: str | None, source: str) -> dict[str, Any]:
-    """Parse and check a ``test.json``: every compared metric present, numeric, within [0, 1]."""
-    if raw is None:
-        raise MetricsError(f"{source} is missing: run `dvc repro` (or `dvc pull`) first")
-    try:
-        metrics = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise MetricsError(f"{source} is not valid JSON ({exc})") from None
-    if not isinstance(metrics, dict):
-        raise MetricsError(f"{source} must hold a JSON object, not {type(metrics).__name__}")
-    missing = [k for k in REQUIRED if k not in metrics]
-    if missing:
-        raise MetricsError(f"{source} lacks {', '.join(missing)}")
-    for key in (*COMPARED, "threshold"):
-        value = metrics[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-            raise MetricsError(f"{source}: {key} must be a number in [0, 1], got {value!r}")
-    if not isinstance(metrics["n"], int) or metrics["n"] <= 0:
-        raise MetricsError(f"{source}: n must be a positive integer, got {metrics['n']!r}")
-    return metrics
+        return {**asdict(self), "model_changed": self.model_changed}
 
 
 def git_show(rev: str, path: str, root: Path) -> str | None:
@@ -81,28 +78,77 @@ def git_show(rev: str, path: str, root: Path) -> str | None:
 
 def rev_exists(rev: str, root: Path) -> bool:
     result = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+        ["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
+        cwd=root,
         capture_output=True,
-    )  # fmt: skip
+    )
     return result.returncode == 0
 
 
-def fingerprint_of_test(raw: str | None) -> str | None:
-    try:
-        return json.loads(raw)["fingerprints"]["test"] if raw else None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
 
 
-def rescore_champion(base: str, root: Path) -> dict[str, Any]:
-    """Score the base revision's bundle on this work tree's test split (same files, decoded
-    from data/chest_xray at the champion's own input size, with its own threshold)."""
+def model_changed(base: str, root: Path) -> bool:
+    """Whether this work tree serves another model than ``base`` (no record there: changed)."""
+    here = parse_record(_read(root / SERVED_JSON), SERVED_JSON)
+    raw = git_show(base, SERVED_JSON, root)
+    return raw is None or parse_record(raw, f"{SERVED_JSON} at {base}")["model"] != here["model"]
+
+
+def mcnemar_exact(fixed: int, broken: int) -> float:
+    """Two-sided exact McNemar p-value: the discordant pairs against a fair coin."""
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(fixed, broken) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def bootstrap_interval(
+    challenger_correct: np.ndarray, champion_correct: np.ndarray, resamples: int, seed: int = 0
+) -> tuple[float, float]:
+    """Paired bootstrap 95% interval of the accuracy difference (images resampled together)."""
+    difference = challenger_correct.astype(np.int8) - champion_correct.astype(np.int8)
+    rng = np.random.default_rng(seed)
+    n = len(difference)
+    means = []
+    chunk = max(1, 2_000_000 // n)  # resamples per batch, to bound memory on large test sets
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        means.append(difference[idx].mean(axis=1))
+    low, high = np.percentile(np.concatenate(means), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_comparison(
+    challenger_correct: np.ndarray, champion_correct: np.ndarray, resamples: int
+) -> dict[str, Any]:
+    """How the two models' decisions differ on the same images, and whether that is noise."""
+    fixed = int(np.sum(challenger_correct & ~champion_correct))
+    broken = int(np.sum(~challenger_correct & champion_correct))
+    low, high = bootstrap_interval(challenger_correct, champion_correct, resamples)
+    return {
+        "n": int(len(challenger_correct)),
+        "fixed": fixed,  # the champion was wrong, the challenger is right
+        "broken": broken,  # the champion was right, the challenger is wrong
+        "accuracy_difference": (fixed - broken) / len(challenger_correct),
+        "mcnemar_p": mcnemar_exact(fixed, broken),
+        "bootstrap_ci95": [low, high],
+        "bootstrap_resamples": int(resamples),
+    }
+
+
+def rescore_champion(
+    base: str, root: Path, files: list[str], labels: np.ndarray
+) -> tuple[Predictions, float]:
+    """The base revision's bundle, fetched through DVC, scored on ``files`` (this work tree's
+    test split, decoded from data/chest_xray at the champion's own input size), with the
+    champion's own threshold."""
     from dvc.api import DVCFileSystem
 
     from pneumonia.data import load_image, resize
-    from pneumonia.evaluate import classification_metrics
     from pneumonia.predict import Bundle
-    from pneumonia.prepare import load_split
 
     with tempfile.TemporaryDirectory() as tmp:
         fs = DVCFileSystem(str(root), rev=base)
@@ -114,17 +160,43 @@ def rescore_champion(base: str, root: Path) -> dict[str, Any]:
                 f"test data ({exc.__class__.__name__}: {exc}); is the DVC remote reachable?"
             ) from exc
         bundle = Bundle(Path(tmp) / "bundle")
-        test = load_split("test", root / "data" / "prepared")
-        images = np.stack(
-            [resize(load_image(root / "data" / "chest_xray" / f), bundle.size) for f in test.files]
+        missing = [f for f in files if not (root / "data" / "chest_xray" / f).is_file()]
+        if missing:
+            raise MetricsError(
+                f"{len(missing)} test image(s) are not in data/chest_xray (e.g. {missing[0]}): "
+                "run `dvc pull chest_xray.dvc` before the gate"
+            )
+        probabilities = []
+        for start in range(0, len(files), 64):  # batches: memory stays flat on large test sets
+            batch = files[start : start + 64]
+            images = np.stack(
+                [resize(load_image(root / "data" / "chest_xray" / f), bundle.size) for f in batch]
+            )
+            probabilities.append(bundle.probabilities(images))
+        return Predictions(list(files), labels, np.concatenate(probabilities)), bundle.threshold
+
+
+def aligned(champion: Predictions, challenger: Predictions, source: str) -> Predictions:
+    """The champion's answers in the challenger's order; both must cover the same images."""
+    order = {name: i for i, name in enumerate(champion.files)}
+    if sorted(order) != sorted(challenger.files):
+        raise MetricsError(
+            f"{source} lists other test images than {SERVED_TEST_CSV} although the test data "
+            "fingerprints match: export again (`dvc repro export`)"
         )
-        return classification_metrics(test.labels, bundle.probabilities(images), bundle.threshold)
+    idx = np.array([order[name] for name in challenger.files])
+    if not np.array_equal(champion.labels[idx], challenger.labels):
+        raise MetricsError(f"{source} gives other labels for the same test images")
+    return Predictions(challenger.files, challenger.labels, champion.probabilities[idx])
 
 
 def decide(
-    challenger: dict[str, Any], champion: dict[str, Any] | None, rules: dict[str, float]
+    challenger: dict[str, Any],
+    champion: dict[str, Any] | None,
+    comparison: dict[str, Any] | None,
+    rules: dict[str, Any],
 ) -> tuple[bool, list[str]]:
-    """Apply the gate's rules; return (passed, reasons)."""
+    """Apply the gate's rules to a changed model; return (passed, reasons)."""
     reasons = []
     passed = True
     floor = float(rules["min_sensitivity"])
@@ -135,11 +207,11 @@ def decide(
         )
     else:
         reasons.append(f"sensitivity {challenger['sensitivity']:.4f} >= floor {floor:.4f}")
-    if champion is None:
+    if champion is None or comparison is None:
         reasons.append("no champion on the base branch: this model becomes the first champion")
         return passed, reasons
     gain = challenger["accuracy"] - champion["accuracy"]
-    needed = float(rules.get("min_accuracy_gain", 0.0))
+    needed = float(rules["min_accuracy_gain"])
     if gain > needed:
         reasons.append(
             f"accuracy {challenger['accuracy']:.4f} beats the champion's "
@@ -151,35 +223,72 @@ def decide(
             f"accuracy {challenger['accuracy']:.4f} does not beat the champion's "
             f"{champion['accuracy']:.4f} ({gain:+.4f}; must be > {needed:+.4f})"
         )
+    low, high = comparison["bootstrap_ci95"]
+    p, alpha = comparison["mcnemar_p"], float(rules["significance_level"])
+    reasons.append(
+        f"on the same {comparison['n']} test images: {comparison['fixed']} decision(s) fixed, "
+        f"{comparison['broken']} broken; exact McNemar p = {p:.3g}; paired bootstrap 95% "
+        f"interval of the accuracy difference [{low:+.4f}, {high:+.4f}]"
+    )
+    significant = p < alpha and (low > 0 or high < 0)
+    if not significant:
+        reasons.append(
+            f"the difference is within noise (p >= {alpha:g} or the interval includes 0): "
+            "this test split cannot tell the two models apart"
+        )
+        if rules["require_significant_gain"] and passed:
+            passed = False
+            reasons.append("gate.require_significant_gain is set: a gain within noise fails")
     return passed, reasons
 
 
 def run_gate(base: str, root: Path | None = None) -> Verdict:
-    """Compare this work tree's model with the one at ``base``."""
+    """Compare the model this work tree serves with the one ``base`` serves."""
     root = root or config.ROOT
     rules = config.load_params(root / "params.yaml")["gate"]
-    challenger_file = root / TEST_METRICS
-    challenger = validate_metrics(
-        challenger_file.read_text() if challenger_file.is_file() else None, TEST_METRICS
-    )
+    record = parse_record(_read(root / SERVED_JSON), SERVED_JSON)
+    predictions = parse_predictions(_read(root / SERVED_TEST_CSV), SERVED_TEST_CSV)
     if not rev_exists(base, root):
         raise MetricsError(f"the base revision {base!r} does not exist (fetch it first)")
-    champion_raw = git_show(base, TEST_METRICS, root)
-    if champion_raw is None:
-        passed, reasons = decide(challenger, None, rules)
-        return Verdict(passed, "none", reasons, challenger, None, rules)
-    champion = validate_metrics(champion_raw, f"{TEST_METRICS} at {base}")
-    data_here = (root / DATA_METRICS).read_text() if (root / DATA_METRICS).is_file() else None
-    same_test = fingerprint_of_test(git_show(base, DATA_METRICS, root)) == fingerprint_of_test(
-        data_here
-    )
-    if same_test and fingerprint_of_test(data_here) is not None:
-        baseline = f"metrics on {base}"
+    base_raw = git_show(base, SERVED_JSON, root)
+    if base_raw is None:
+        challenger = classification_metrics(
+            predictions.labels, predictions.probabilities, record["model"]["threshold"]
+        )
+        passed, reasons = decide(challenger, None, None, rules)
+        return Verdict(passed, "none", reasons, challenger, None, None, rules)
+    base_record = parse_record(base_raw, f"{SERVED_JSON} at {base}")
+    if base_record["model"] == record["model"]:
+        reasons = [
+            f"the served model is the one on {base} (version {record.get('version')}: same ONNX "
+            "file, calibration and threshold): nothing to judge, the champion stays"
+        ]
+        return Verdict(True, UNCHANGED, reasons, record.get("test"), base_record.get("test"),
+                       None, rules)  # fmt: skip
+    if record.get("test_data") is not None and base_record.get("test_data") == record["test_data"]:
+        source = f"{SERVED_TEST_CSV} at {base}"
+        champion_predictions = aligned(
+            parse_predictions(git_show(base, SERVED_TEST_CSV, root), source), predictions, source
+        )
+        champion_threshold = base_record["model"]["threshold"]
+        baseline = f"served metrics on {base}"
     else:
-        champion = rescore_champion(base, root)
+        champion_predictions, champion_threshold = rescore_champion(
+            base, root, predictions.files, predictions.labels
+        )
         baseline = "re-scored on this test split"
-    passed, reasons = decide(challenger, champion, rules)
-    return Verdict(passed, baseline, reasons, challenger, champion, rules)
+    threshold = record["model"]["threshold"]
+    challenger = classification_metrics(predictions.labels, predictions.probabilities, threshold)
+    champion = classification_metrics(
+        champion_predictions.labels, champion_predictions.probabilities, champion_threshold
+    )
+    comparison = paired_comparison(
+        predictions.correct(threshold),
+        champion_predictions.correct(champion_threshold),
+        int(rules["bootstrap_resamples"]),
+    )
+    passed, reasons = decide(challenger, champion, comparison, rules)
+    return Verdict(passed, baseline, reasons, challenger, champion, comparison, rules)
 
 
 def main(argv: list[str] | None = None) -> int:

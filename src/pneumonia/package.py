@@ -20,6 +20,8 @@ from pneumonia.files import atomic_directory
 from pneumonia.predict import sha256_file
 
 APP_DIR = config.ROOT / "django_app"
+# What goes into the slug besides the bundle: a change to one of these deploys the app.
+SLUG_SOURCES = ("django_app/", "src/pneumonia/package.py")
 EXCLUDE = ("__pycache__", "*.pyc", "db.sqlite3", "staticfiles", "model", ".pytest_cache")
 
 
@@ -31,7 +33,10 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
     """Copy the app and the bundle into ``out_dir``; return the bundle's manifest."""
     manifest_path, onnx_path = bundle_dir / "model.json", bundle_dir / "model.onnx"
     if not manifest_path.is_file() or not onnx_path.is_file():
-        raise PackageError(f"no bundle in {bundle_dir}: run `dvc repro export` or `dvc pull`")
+        raise PackageError(
+            f"no bundle in {bundle_dir}: run `dvc pull models/bundle` (if the DVC remote lacks it, "
+            "push it from the machine that trained the model with `dvc push`) or `dvc repro export`"
+        )
     manifest = json.loads(manifest_path.read_text())
     if sha256_file(onnx_path) != manifest["onnx_sha256"]:
         raise PackageError(f"{onnx_path} does not match the sha256 in {manifest_path}")

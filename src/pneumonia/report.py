@@ -2,9 +2,10 @@
 
     python -m pneumonia.report --base origin/main --out report.md
 
-Holds: the gate's verdict, test metrics of this branch against the base branch's champion with
-deltas, the data version change, the parameters that changed, and the aggregate plots (ROC, PR,
-confusion matrix, training curves as images under metrics/figures; never an X-ray).
+Holds: the gate's verdict, the served model's test metrics on this branch against the base
+branch's champion with deltas, the paired comparison on the same test images (decisions flipped
+each way, McNemar, bootstrap interval), the data version change, the parameters that changed, and
+the aggregate plots (ROC, PR, confusion matrix as images under metrics/figures; never an X-ray).
 """
 
 from __future__ import annotations
@@ -35,20 +36,40 @@ FIGURES = (
 )
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def metrics_table(challenger: dict[str, Any], champion: dict[str, Any] | None) -> list[str]:
-    lines = ["| metric | main | this PR | change |", "|---|---:|---:|---:|"]
+    lines = ["| metric | base | this PR | change |", "|---|---:|---:|---:|"]
     for key in COMPARED:
-        new = challenger[key]
-        if champion is None:
-            lines.append(f"| {NAMES[key]} | - | {new:.4f} | new |")
-        else:
-            old = champion[key]
-            lines.append(f"| {NAMES[key]} | {old:.4f} | {new:.4f} | {new - old:+.4f} |")
+        new, old = challenger.get(key), None if champion is None else champion.get(key)
+        change = "new" if champion is None else "-" if None in (new, old) else f"{new - old:+.4f}"
+        lines.append(f"| {NAMES[key]} | {_number(old)} | {_number(new)} | {change} |")
     threshold_old = "-" if champion is None else f"{champion['threshold']:.4f}"
     lines.append(
         f"| Threshold (from validation) | {threshold_old} | {challenger['threshold']:.4f} | |"
     )
     return lines
+
+
+def comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
+    """The paired comparison, in words a reviewer can weigh."""
+    if comparison is None:
+        return []
+    low, high = comparison["bootstrap_ci95"]
+    return [
+        f"### The two models on the same {comparison['n']} test images",
+        "",
+        "| | count |",
+        "|---|---:|",
+        f"| fixed: the champion was wrong, this model is right | {comparison['fixed']} |",
+        f"| broken: the champion was right, this model is wrong | {comparison['broken']} |",
+        f"| accuracy difference | {comparison['accuracy_difference']:+.4f} |",
+        f"| exact McNemar p-value | {comparison['mcnemar_p']:.3g} |",
+        f"| paired bootstrap 95% interval | [{low:+.4f}, {high:+.4f}] |",
+        "",
+    ]
 
 
 def params_diff(base: str, root: Path) -> list[str]:
@@ -120,10 +141,16 @@ def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/
         "",
         *[f"- {reason}" for reason in verdict.reasons],
         "",
-        f"### Test metrics against `{base}`",
-        "",
-        *metrics_table(verdict.challenger, verdict.champion),
-        "",
+    ]
+    if verdict.challenger is not None:
+        lines += [
+            f"### Test metrics of the served models against `{base}`",
+            "",
+            *metrics_table(verdict.challenger, verdict.champion),
+            "",
+        ]
+    lines += [
+        *comparison_lines(verdict.comparison),
         "### Data",
         "",
         data_change(base, root),

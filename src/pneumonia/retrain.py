@@ -57,7 +57,8 @@ def retrain(force: bool, overrides: list[str]) -> tuple[bool, str]:
     )
 
 
-def _append(env_var: str, text: str) -> None:
+def append_github_file(env_var: str, text: str) -> None:
+    """Append a line to the file a GitHub Actions variable names (outputs, job summary)."""
     path = os.environ.get(env_var)
     if path:
         with open(path, "a") as f:
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reason:
         summary += f" Reason: {args.reason}"
     print(summary)
-    _append("GITHUB_OUTPUT", f"changed={'true' if changed else 'false'}")
-    _append("GITHUB_STEP_SUMMARY", summary)
+    append_github_file("GITHUB_OUTPUT", f"changed={'true' if changed else 'false'}")
+    append_github_file("GITHUB_STEP_SUMMARY", summary)
     return 0
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumonia.evaluate import choose_threshold, classification_metrics, confusion_counts
+from pneumonia.evaluate import choose_threshold
+from pneumonia.metrics import classification_metrics, confusion_counts
 
 
 def test_confusion_counts_by_hand():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pneumonia.data import load_image, resize
 from pneumonia.predict import Bundle, sha256_file
 from tests.conftest import SAMPLES, TINY_PARAMS, copy_subset, make_repo, run, tool_env
 
@@ -36,7 +37,7 @@ def test_every_stage_leaves_its_outputs(repro):
         "metrics/train_history.csv", "metrics/val.json", "metrics/test.json",
         "metrics/plots/roc.csv", "metrics/plots/pr.csv", "metrics/plots/confusion.csv",
         "metrics/figures/roc.png", "metrics/figures/pr.png", "metrics/figures/confusion.png",
-        "metrics/test_errors.csv", "dvc.lock",
+        "metrics/test_errors.csv", "metrics/served.json", "metrics/served_test.csv", "dvc.lock",
     ):  # fmt: skip
         assert (repo / path).is_file(), path
     assert (repo / "metrics/figures/roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -73,10 +74,35 @@ def test_bundle_is_consistent_with_the_repo(repro):
     assert quantized["float_onnx_sha256"] != manifest["onnx_sha256"]
     assert manifest["version"] == manifest["onnx_sha256"][:12]
     assert 0 <= quantized["test_accuracy"] <= 1
-    prediction = Bundle(repo / "models/bundle").predict_bytes(
-        sorted(SAMPLES.rglob("*.jpeg"))[0].read_bytes()
-    )
+    bundle = Bundle(repo / "models/bundle")
+    prediction = bundle.predict_bytes(sorted(SAMPLES.rglob("*.jpeg"))[0].read_bytes())
     assert prediction.label in ("NORMAL", "PNEUMONIA") and 0 <= prediction.probability <= 1
+
+
+def test_the_served_record_is_the_bundle_on_every_test_image(repro):
+    """metrics/served.json and served_test.csv (what the gate compares) say what the bundle
+    answers: its identity, and its probability for each test image as served."""
+    repo = repro[0]
+    manifest = json.loads((repo / "models/bundle/model.json").read_text())
+    record = json.loads((repo / "metrics/served.json").read_text())
+    assert record["model"]["onnx_sha256"] == manifest["onnx_sha256"]
+    assert record["model"]["precision"] == "int8" and record["version"] == manifest["version"]
+    assert record["model"]["threshold"] == manifest["threshold"]
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert record["test_data"] == data["fingerprints"]["test"]
+    with open(repo / "metrics/served_test.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == record["test"]["n"] == 16
+    bundle = Bundle(repo / "models/bundle")
+    images = np.stack(
+        [resize(load_image(repo / "data/chest_xray" / row["file"]), bundle.size) for row in table]
+    )
+    served = bundle.probabilities(images)
+    assert np.abs(served - np.array([float(r["probability"]) for r in table])).max() < 1e-5
+    labels = np.array([r["label"] == "PNEUMONIA" for r in table])
+    accuracy = np.mean((served >= bundle.threshold) == labels)
+    assert record["test"]["accuracy"] == pytest.approx(accuracy)
+    assert record["test"]["accuracy"] == pytest.approx(manifest["quantization"]["test_accuracy"])
 
 
 def test_mlflow_has_the_run_and_a_registered_version(repro):
@@ -95,10 +121,21 @@ def test_mlflow_has_the_run_and_a_registered_version(repro):
     assert (
         logged.data.tags["data.md5"].endswith(".dir") and len(logged.data.tags["git.commit"]) == 40
     )
-    for key in ("test_accuracy", "test_sensitivity", "test_specificity", "test_roc_auc", "val_f1"):
+    for key in (
+        "test_accuracy",
+        "test_sensitivity",
+        "test_specificity",
+        "test_roc_auc",
+        "val_f1",
+        "served_test_accuracy",
+        "served_test_sensitivity",
+    ):
         assert key in logged.data.metrics, key
     history = client.get_metric_history(run_id, "val_loss")
     assert [m.step for m in history] == [1]
+    # the per-epoch curve holds one point per epoch: evaluate logs under validation_*
+    assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1]
+    assert logged.data.tags["git.branch"] != "HEAD"
     artifacts = {a.path for a in client.list_artifacts(run_id, "bundle")}
     assert {"bundle/model.onnx", "bundle/model.json"} <= artifacts
     assert "figures/roc.png" in {a.path for a in client.list_artifacts(run_id, "figures")}
@@ -143,3 +180,10 @@ def test_default_local_store_and_param_override(tmp_path):
         "youden"
     )
     assert np.isfinite(json.loads((repo / "metrics/test.json").read_text())["threshold"])
+    run_file = json.loads((repo / "models/mlflow_run.json").read_text())  # committed to git
+    assert run_file["tracking_uri"] == "sqlite:///.mlflow/mlflow.db", "no path of this machine"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
+    tags = client.get_run(run_file["run_id"]).data.tags
+    assert tags["git.branch"] == "master" or tags["git.branch"] == "main", tags["git.branch"]

@@ -104,8 +104,10 @@ def test_export_serves_int8_and_records_its_test_accuracy(tmp_path):
     test = _split(8)
     metrics = {**METRICS, "accuracy": 0.75}
     out = tmp_path / "bundle"
-    manifest = export(model, SIZE, test.images[:4], metrics, metrics, _int8_params(1.0), out,
-                      calibration=real_images("train", 8, SIZE), test_split=test)  # fmt: skip
+    manifest, probability = export(
+        model, SIZE, test.images[:4], metrics, metrics, _int8_params(1.0), out,
+        calibration=real_images("train", 8, SIZE), test_split=test,
+    )  # fmt: skip
     quantized = manifest["quantization"]
     bundle = Bundle(out)
     predicted = bundle.probabilities(test.images) >= bundle.threshold
@@ -114,6 +116,7 @@ def test_export_serves_int8_and_records_its_test_accuracy(tmp_path):
     assert quantized["test_accuracy_float"] == 0.75
     assert quantized["test_accuracy_drop"] == pytest.approx(0.75 - expected, abs=1e-6)
     assert quantized["test_images"] == 16 and quantized["calibration_images"] == 16
+    assert np.array_equal(probability, bundle.probabilities(test.images)), "the served model's"
     assert manifest["parity"]["logits"] <= 1e-4, "the float graph was checked before quantising"
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
     assert (out / "model.onnx").stat().st_size < 0.35 * 4 * 11.2e6  # ResNet18: 11.2M weights
