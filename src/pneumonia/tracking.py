@@ -160,7 +160,10 @@ def resume_run() -> Iterator[Any]:
 
 
 def _public_uri(uri: str) -> str:
-    """The URI without credentials, for files that end up in git or the bundle."""
+    """The URI without credentials or this machine's paths, for files that end up in git or the
+    bundle (the default store is named relative to the repository)."""
+    if uri == _default_uri():
+        return "sqlite:///.mlflow/mlflow.db"
     if "@" in uri and "://" in uri:
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://{rest.split('@', 1)[1]}"

@@ -206,6 +206,7 @@ def train(
             desc=f"epoch {epoch}/{params['epochs']}",
             unit="batch",
             file=sys.stderr,
+            disable=None,  # no bar where stderr is not a terminal: the epoch line below says it
         )
         for start in bar:
             idx = order[start : start + batch_size]

@@ -30,6 +30,8 @@ def test_credentials_never_leave_the_process():
         "https://mlflow.example.org"
     )
     assert tracking._public_uri("sqlite:///x/mlflow.db") == "sqlite:///x/mlflow.db"
+    # the default local store: no absolute path of this machine in the committed run file
+    assert tracking._public_uri(tracking._default_uri()) == "sqlite:///.mlflow/mlflow.db"
 
 
 def test_data_version_comes_from_the_dvc_file(tmp_path):
