@@ -1,7 +1,8 @@
 """A local HTTP server speaking the few Heroku Platform API calls the deploy command uses, with
 their documented shapes: POST /sources (source_blob put_url/get_url), PUT/GET of the blob,
-POST/GET /apps/{app}/builds, GET /apps/{app}/releases (Range header), POST /apps/{app}/releases
-(rollback). It really receives and opens the tarball; whether builds succeed is up to the test."""
+GET /apps/{app} (web_url), POST/GET /apps/{app}/builds, GET /apps/{app}/releases (Range
+header), POST /apps/{app}/releases (rollback). It really receives and opens the tarball;
+whether builds succeed is up to the test."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeHeroku:
-    def __init__(self, app: str, api_key: str, build_outcome: str = "succeeded"):
+    def __init__(
+        self, app: str, api_key: str, build_outcome: str = "succeeded", web_url: str | None = None
+    ):
         self.app, self.api_key, self.build_outcome = app, api_key, build_outcome
         self.blobs: dict[str, bytes] = {}
         self.builds: dict[str, dict] = {}
@@ -24,6 +27,8 @@ class FakeHeroku:
         self.rollbacks: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # Like apps created since June 2023: the host is not derived from the app's name.
+        self.web_url = web_url or f"https://{app}-0123456789ab.herokuapp.com/"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -83,6 +88,8 @@ class FakeHeroku:
                     return self._send(200, fake.blobs[self.path.rsplit("/", 1)[1]])
                 if not self._authorized():
                     return None
+                if self.path == f"/apps/{fake.app}":
+                    return self._send(200, {"name": fake.app, "web_url": fake.web_url})
                 if self.path == f"/apps/{fake.app}/releases":
                     if "order=desc" not in (self.headers.get("Range") or ""):
                         return self._send(200, fake.releases)

@@ -1,13 +1,16 @@
 """Deploy the packaged web app to Heroku through the Platform API (no Heroku CLI needed).
 
     HEROKU_API_KEY=... python -m pneumonia.heroku --app NAME --dir build/heroku-app \\
-        --url https://NAME.herokuapp.com --sample data/chest_xray/test/NORMAL/IM-0001-0001.jpeg
+        --sample data/chest_xray/test/NORMAL/IM-0001-0001.jpeg [--url https://...]
 
-Steps: remember the current release; upload the folder as a source tarball (``POST /sources``,
-``PUT`` to its ``put_url``); build it (``POST /apps/{app}/builds``) and wait; smoke-test the live
-app (``/health`` must report the new model's sha256, and one real prediction must succeed); when
-the smoke test fails, roll back to the remembered release (``POST /apps/{app}/releases``) and
-fail. A failed build releases nothing, so there is nothing to roll back.
+Steps: find the app's public URL (its ``web_url`` from ``GET /apps/{app}``: apps created
+since June 2023 live at ``NAME-<random>.herokuapp.com``, so the name alone does not give it;
+``--url`` overrides it, e.g. for a custom domain); remember the current release; upload the
+folder as a source tarball (``POST /sources``, ``PUT`` to its ``put_url``); build it
+(``POST /apps/{app}/builds``) and wait; smoke-test the live app (``/health`` must report the
+new model's sha256, and one real prediction must succeed); when the smoke test fails, roll back
+to the remembered release (``POST /apps/{app}/releases``) and fail. A failed build releases
+nothing, so there is nothing to roll back.
 """
 
 from __future__ import annotations
@@ -63,6 +66,13 @@ class HerokuClient:
             raise DeployError(f"Heroku API {method} {path} answered {exc.code}: {detail}") from None
         except OSError as exc:
             raise DeployError(f"Heroku API {method} {path} unreachable: {exc}") from None
+
+    def web_url(self) -> str:
+        """The app's public URL as Heroku reports it (``web_url`` of ``GET /apps/{app}``)."""
+        url = (self.request("GET", f"/apps/{self.app}") or {}).get("web_url")
+        if not url:
+            raise DeployError(f"Heroku API GET /apps/{self.app} gave no web_url")
+        return url
 
     def current_release(self) -> dict | None:
         releases = self.request(
@@ -177,20 +187,23 @@ class DeployResult:
     release_id: str | None
     previous_release_id: str | None
     prediction: dict
+    app_url: str
 
 
 def deploy(
     client: HerokuClient,
     folder: Path,
     version: str,
-    app_url: str,
+    app_url: str | None,
     sample: Path,
     token: str,
     smoke_timeout: float = 180,
     build_poll: float = 5,
 ) -> DeployResult:
-    """Build ``folder`` on Heroku, smoke-test it, roll back if the smoke test fails."""
+    """Build ``folder`` on Heroku, smoke-test it at ``app_url`` (None: the app's ``web_url``),
+    roll back if the smoke test fails."""
     manifest = json.loads((Path(folder) / "model" / "model.json").read_text())
+    app_url = app_url or client.web_url()  # before building: an unknown app deploys nothing
     previous = client.current_release()
     source_url = client.upload_source(make_tarball(folder))
     build = client.build(source_url, version, poll=build_poll)
@@ -203,7 +216,7 @@ def deploy(
             raise DeployError(f"{exc}; no earlier release to roll back to") from None
         client.rollback(previous["id"])
         raise DeployError(f"{exc}; rolled back to release v{previous.get('version')}") from None
-    return DeployResult(build["id"], release_id, previous and previous["id"], prediction)
+    return DeployResult(build["id"], release_id, previous and previous["id"], prediction, app_url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--app", default=os.environ.get("HEROKU_APP_NAME"), required=False)
     parser.add_argument("--dir", type=Path, default=Path("build/heroku-app"))
-    parser.add_argument("--url", help="the app's public URL (default https://APP.herokuapp.com)")
+    parser.add_argument(
+        "--url", help="the app's public URL (default: its web_url from the Platform API)"
+    )
     parser.add_argument(
         "--sample", type=Path, required=True, help="a real X-ray for the smoke test"
     )
@@ -229,14 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                 "smoke-test account (`heroku run python manage.py add_clinician smoke-test "
                 "--api-token deploy`); add it as a repository secret. Nothing was deployed."
             )
-        url = args.url or f"https://{args.app}.herokuapp.com"
-        result = deploy(client, args.dir, args.version, url, args.sample, token)
+        result = deploy(client, args.dir, args.version, args.url, args.sample, token)
     except DeployError as exc:
         print(f"heroku: error: {exc}", file=sys.stderr)
         return 1
     print(
-        f"heroku: deployed build {result.build_id} (release {result.release_id}); smoke test "
-        f"predicted {result.prediction['label']} with model {result.prediction['model']['version']}"
+        f"heroku: deployed build {result.build_id} (release {result.release_id}) to "
+        f"{result.app_url}; smoke test predicted {result.prediction['label']} with model "
+        f"{result.prediction['model']['version']}"
     )
     return 0
 

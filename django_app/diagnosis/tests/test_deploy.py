@@ -75,12 +75,17 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
     commands = procfile(build)
     # What the buildpack and the release phase run before the dyno starts.
     for command in ("python manage.py collectstatic --noinput", commands["release"]):
-        subprocess.run(["bash", "-c", command], cwd=build, env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(["bash", "-c", command], cwd=build, env=env, check=True, capture_output=True)
     log = open(build / "web.log", "w")  # noqa: SIM115 (closed below, after the server stops)
     started = time.monotonic()
-    proc = subprocess.Popen(["bash", "-c", commands["web"]], cwd=build, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        ["bash", "-c", commands["web"]],
+        cwd=build,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -98,13 +103,23 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
         for name, extra in (("dr_browser", []), ("smoke-test", ["--api-token", "deploy"])):
             made = subprocess.run(
                 ["python", "manage.py", "add_clinician", name, "--password-stdin", *extra],
-                cwd=build, env=env, input=f"{BROWSER_PASSWORD}\n", capture_output=True,
-                text=True, check=True,
-            )  # fmt: skip
+                cwd=build,
+                env=env,
+                input=f"{BROWSER_PASSWORD}\n",
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             if extra:
                 token = made.stdout.split("store it now): ")[1].strip()
-        yield {"url": url, "port": port, "venv": heroku_venv, "build": build, "token": token,
-               "boot_seconds": time.monotonic() - started}  # fmt: skip
+        yield {
+            "url": url,
+            "port": port,
+            "venv": heroku_venv,
+            "build": build,
+            "token": token,
+            "boot_seconds": time.monotonic() - started,
+        }
     finally:
         stop(proc)
         log.close()
@@ -113,8 +128,9 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
 
 
 def test_heroku_venv_has_no_torch(heroku_venv):
-    result = subprocess.run([str(heroku_venv / "bin" / "python"), "-c", "import torch"],
-                            capture_output=True)  # fmt: skip
+    result = subprocess.run(
+        [str(heroku_venv / "bin" / "python"), "-c", "import torch"], capture_output=True
+    )
     assert result.returncode != 0
     assert (
         subprocess.run([str(heroku_venv / "bin" / "python"), "-c", "import onnxruntime"]).returncode
@@ -143,8 +159,9 @@ def test_real_prediction_over_http(heroku_app, samples):
     status, headers, jpeg = get(heroku_app["url"] + heatmap_path, auth)
     assert status == 200 and jpeg[:3] == b"\xff\xd8\xff" and headers["Content-Type"] == "image/jpeg"
     with pytest.raises(urllib.error.HTTPError) as refused:  # no token, no prediction
-        get(f"{heroku_app['url']}/api/v1/predictions", {**HTTPS, "Content-Type": content_type},
-            body)  # fmt: skip
+        get(
+            f"{heroku_app['url']}/api/v1/predictions", {**HTTPS, "Content-Type": content_type}, body
+        )
     assert refused.value.code == 401
 
 
@@ -158,10 +175,16 @@ def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(f"http://localhost:{heroku_app['port']}/")
@@ -204,10 +227,22 @@ def test_app_suite_passes_on_sqlite(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-         str(APP / "diagnosis" / "tests")],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            str(APP / "diagnosis" / "tests"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     assert " passed" in result.stdout and "failed" not in result.stdout
 
@@ -230,14 +265,25 @@ def heroku_client(fake):
     return HerokuClient(fake.app, fake.api_key, base_url=fake.url)
 
 
-def test_deploy_builds_smoke_tests_and_keeps_the_release(fake_heroku, heroku_app, bundle_dir,
-                                                        samples, tmp_path):  # fmt: skip
+def test_deploy_builds_smoke_tests_and_keeps_the_release(
+    fake_heroku, heroku_app, bundle_dir, samples, tmp_path
+):
     from pneumonia.heroku import deploy
 
     folder = tmp_path / "app"
     package_app(APP, bundle_dir, folder)
-    result = deploy(heroku_client(fake_heroku), folder, "abc123", heroku_app["url"], samples[0],
-                    heroku_app["token"], smoke_timeout=20, build_poll=0.05)  # fmt: skip
+    fake_heroku.web_url = heroku_app["url"] + "/"  # where the Platform API says the app lives
+    result = deploy(
+        heroku_client(fake_heroku),
+        folder,
+        "abc123",
+        None,
+        samples[0],
+        heroku_app["token"],
+        smoke_timeout=20,
+        build_poll=0.05,
+    )
+    assert result.app_url == heroku_app["url"] + "/"
     assert result.prediction["label"] in ("NORMAL", "PNEUMONIA")
     assert fake_heroku.rollbacks == [] and fake_heroku.releases[-1]["current"]
     members = fake_heroku.tar_members(result.build_id)
@@ -249,6 +295,43 @@ def test_deploy_builds_smoke_tests_and_keeps_the_release(fake_heroku, heroku_app
     assert fake_heroku.builds[result.build_id]["resource"]["source_blob"]["version"] == "abc123"
 
 
+def test_the_command_smoke_tests_the_web_url_heroku_reports(
+    fake_heroku, heroku_app, bundle_dir, samples, tmp_path
+):
+    """Apps created since June 2023 live at NAME-<random>.herokuapp.com: without --url the
+    deploy asks the Platform API for the app's web_url (a guessed NAME.herokuapp.com would not
+    answer, and the deploy would roll back)."""
+    folder = tmp_path / "app"
+    package_app(APP, bundle_dir, folder)
+    fake_heroku.web_url = heroku_app["url"] + "/"
+    env = {
+        **os.environ,
+        "HEROKU_API_URL": fake_heroku.url,
+        "HEROKU_API_KEY": fake_heroku.api_key,
+        "HEROKU_SMOKE_TEST_TOKEN": heroku_app["token"],
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.heroku",
+            "--app",
+            fake_heroku.app,
+            "--dir",
+            str(folder),
+            "--sample",
+            str(samples[0]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"to {heroku_app['url']}/; smoke test predicted" in result.stdout
+    assert fake_heroku.rollbacks == [] and ("GET", f"/apps/{fake_heroku.app}") in fake_heroku.calls
+
+
 def test_failed_build_releases_nothing(fake_heroku, bundle_dir, samples, tmp_path):
     from pneumonia.heroku import DeployError, deploy
 
@@ -256,8 +339,16 @@ def test_failed_build_releases_nothing(fake_heroku, bundle_dir, samples, tmp_pat
     folder = tmp_path / "app"
     package_app(APP, bundle_dir, folder)
     with pytest.raises(DeployError, match="failed: nothing was released"):
-        deploy(heroku_client(fake_heroku), folder, "abc", "http://127.0.0.1:9", samples[0],
-               "no-token", smoke_timeout=1, build_poll=0.05)  # fmt: skip
+        deploy(
+            heroku_client(fake_heroku),
+            folder,
+            "abc",
+            "http://127.0.0.1:9",
+            samples[0],
+            "no-token",
+            smoke_timeout=1,
+            build_poll=0.05,
+        )
     assert len(fake_heroku.releases) == 1 and fake_heroku.rollbacks == []
 
 
@@ -271,8 +362,12 @@ def test_failed_smoke_test_rolls_back(fake_heroku, heroku_app, torch_model, samp
     with torch.no_grad():
         torch_model.fc.bias += 0.5  # a different model: a different sha256
     try:
-        other = make_bundle(torch_model, 64, tmp_path / "other-bundle", {
-            "threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9})  # fmt: skip
+        other = make_bundle(
+            torch_model,
+            64,
+            tmp_path / "other-bundle",
+            {"threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.9, "specificity": 0.9},
+        )
     finally:
         with torch.no_grad():
             torch_model.fc.bias -= 0.5
@@ -280,8 +375,16 @@ def test_failed_smoke_test_rolls_back(fake_heroku, heroku_app, torch_model, samp
     package_app(APP, other, folder)
     previous = fake_heroku.releases[-1]["id"]
     with pytest.raises(DeployError, match="rolled back to release v1"):
-        deploy(heroku_client(fake_heroku), folder, "def", heroku_app["url"], samples[0],
-               heroku_app["token"], smoke_timeout=2, build_poll=0.05)  # fmt: skip
+        deploy(
+            heroku_client(fake_heroku),
+            folder,
+            "def",
+            heroku_app["url"],
+            samples[0],
+            heroku_app["token"],
+            smoke_timeout=2,
+            build_poll=0.05,
+        )
     assert fake_heroku.rollbacks == [previous]
     assert fake_heroku.releases[-1]["description"] == "Rollback to v1"
 
@@ -294,8 +397,16 @@ def test_a_refused_smoke_test_token_rolls_back_and_says_what_to_do(
     folder = tmp_path / "app"
     package_app(APP, bundle_dir, folder)
     with pytest.raises(DeployError, match="refused the API token.*HEROKU_SMOKE_TEST_TOKEN"):
-        deploy(heroku_client(fake_heroku), folder, "ghi", heroku_app["url"], samples[0],
-               "xr_revoked-or-wrong", smoke_timeout=20, build_poll=0.05)  # fmt: skip
+        deploy(
+            heroku_client(fake_heroku),
+            folder,
+            "ghi",
+            heroku_app["url"],
+            samples[0],
+            "xr_revoked-or-wrong",
+            smoke_timeout=20,
+            build_poll=0.05,
+        )
     assert len(fake_heroku.rollbacks) == 1
 
 
@@ -303,8 +414,10 @@ def test_missing_smoke_test_token_deploys_nothing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HEROKU_SMOKE_TEST_TOKEN"}
     result = subprocess.run(
         [sys.executable, "-m", "pneumonia.heroku", "--app", "x", "--sample", "x.jpeg"],
-        env={**env, "HEROKU_API_KEY": "k" * 36}, capture_output=True, text=True,
-    )  # fmt: skip
+        env={**env, "HEROKU_API_KEY": "k" * 36},
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "HEROKU_SMOKE_TEST_TOKEN is not set" in result.stderr
 
 
@@ -312,6 +425,7 @@ def test_missing_api_key_names_the_secret(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pneumonia.heroku", "--app", "x", "--sample", "x.jpeg"],
         env={k: v for k, v in os.environ.items() if k != "HEROKU_API_KEY"},
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "HEROKU_API_KEY is not set" in result.stderr
