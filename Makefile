@@ -68,9 +68,10 @@ test: install system-deps ## all tests, the slow end-to-end ones included (what 
 test-fast: install ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## ruff: lint and format check
-	$(BIN)/ruff check src tests django_app bench
-	$(BIN)/ruff format --check src tests django_app bench
+lint: install ## ruff (lint, format check) and zizmor (workflow security: no medium/high finding)
+	$(BIN)/ruff check src tests django_app bench conftest.py
+	$(BIN)/ruff format --check src tests django_app bench conftest.py
+	$(BIN)/zizmor --offline --min-severity medium .github/
 
 format: install ## ruff: fix imports and format
 	$(BIN)/ruff check --fix src tests django_app

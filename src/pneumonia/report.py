@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--base", default="origin/main")
     parser.add_argument("--out", type=Path, default=Path("report.md"))
+    parser.add_argument("--json", type=Path, help="also write the gate's verdict here")
     args = parser.parse_args(argv)
     root = config.ROOT
     try:
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: error: {exc}", file=sys.stderr)
         return 2
     args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(verdict.as_dict(), indent=2) + "\n")
     print(f"report: wrote {args.out} (gate {'PASS' if verdict.passed else 'FAIL'})")
     return 0
 

@@ -1,12 +1,12 @@
-"""The scheduled / manual retraining job: retrain only when something changed.
+"""The scheduled / manual retraining job's decision: is there anything to retrain?
 
     python -m pneumonia.retrain [--force] [--set train.epochs=3 ...] [--reason "..."]
 
 Something changed when ``dvc status`` finds a stage out of date (new data version, changed
-parameters or code), when parameters are overridden with ``--set`` (applied like
-``dvc exp run -S``, so params.yaml records them), or with ``--force``. Otherwise it ends at once
-with a one-line summary. Writes ``changed=true|false`` to ``$GITHUB_OUTPUT`` and the summary to
-``$GITHUB_STEP_SUMMARY`` when those are set (GitHub Actions).
+parameters or code), when parameters are overridden with ``--set``, or with ``--force``.
+Otherwise the job ends at once with a one-line summary. Writes ``changed=true|false`` to
+``$GITHUB_OUTPUT`` and the summary to ``$GITHUB_STEP_SUMMARY`` when those are set (GitHub
+Actions); the workflow then runs ``dvc repro`` (or ``dvc exp run -S`` for overrides) itself.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ def stale_stages() -> list[str]:
     return sorted(k.split(":")[-1] for k in status if not k.endswith(".dvc"))
 
 
-def retrain(force: bool, overrides: list[str]) -> tuple[bool, str]:
-    """Run the pipeline if needed; return (changed, one-line summary)."""
+def decide(force: bool, overrides: list[str]) -> tuple[bool, str]:
+    """Whether the pipeline must run; return (changed, one-line summary)."""
     data = tracking.data_version()
     stale = stale_stages()
     if not (force or overrides or stale):
@@ -38,23 +38,13 @@ def retrain(force: bool, overrides: list[str]) -> tuple[bool, str]:
             f"Nothing changed (data {data['md5']}, {data['nfiles']} files; params and code as "
             "in dvc.lock): no retraining."
         )
-    if overrides:
-        command = ["dvc", "exp", "run"] + [arg for o in overrides for arg in ("-S", o)]
+    if force:
+        why = "forced"
+    elif overrides:
+        why = "parameters " + ", ".join(overrides)
     else:
-        command = ["dvc", "repro"] + (["--force"] if force else [])
-    subprocess.run(command, cwd=config.ROOT, check=True)
-    why = (
-        "forced"
-        if force
-        else ("parameters " + ", ".join(overrides))
-        if overrides
-        else ("out of date: " + ", ".join(stale))
-    )
-    test = json.loads((config.METRICS_DIR / "test.json").read_text())
-    return True, (
-        f"Retrained ({why}) on data {data['md5']}: test accuracy {test['accuracy']:.4f}, "
-        f"sensitivity {test['sensitivity']:.4f}, specificity {test['specificity']:.4f}."
-    )
+        why = "out of date: " + ", ".join(stale)
+    return True, f"Retraining ({why}) on data {data['md5']} ({data['nfiles']} files)."
 
 
 def append_github_file(env_var: str, text: str) -> None:
@@ -70,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--force", action="store_true", help="retrain even if nothing changed")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="parameter override, e.g. train.epochs=3 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameter override the run will apply, e.g. train.epochs=3 (repeatable)",
+    )
     parser.add_argument("--reason", default="", help="why this run was started (for the record)")
     args = parser.parse_args(argv)
     for override in args.set:
@@ -79,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"retrain: error: --set takes KEY=VALUE, got {override!r}", file=sys.stderr)
             return 2
     try:
-        changed, summary = retrain(args.force, args.set)
+        changed, summary = decide(args.force, args.set)
     except subprocess.CalledProcessError as exc:
         print(
             f"retrain: error: `{' '.join(exc.cmd)}` failed (exit {exc.returncode})", file=sys.stderr
