@@ -5,7 +5,8 @@
 The gate judges models, not pull requests. It first asks whether the served model changed: the
 identity in ``metrics/served.json`` (ONNX sha256, input, calibration, threshold, labels) here
 against the base revision's. Unchanged (a fix to the app, the docs or a template): it passes and
-says so. Changed: the rules of ``params.yaml`` section ``gate`` apply, to both models as they are
+says so. Changed: the rules of ``params.yaml`` section ``gate`` (the base revision's: a pull
+request cannot loosen the gate that judges it) apply, to both models as they are
 served (the exported bundles, INT8 where that is what the app runs) and on the same test images:
 the challenger's test sensitivity must be at least ``min_sensitivity`` and its accuracy must beat
 the champion's by more than ``min_accuracy_gain``; with ``require_significant_gain`` the gain
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from pneumonia import config
 from pneumonia.metrics import classification_metrics
@@ -242,14 +244,22 @@ def decide(
     return passed, reasons
 
 
+def gate_rules(base: str, root: Path) -> dict[str, Any]:
+    """The rules the base branch enforces (its params.yaml), so that a pull request cannot
+    loosen the gate it is judged by; the work tree's when the base has none."""
+    raw = git_show(base, "params.yaml", root)
+    rules = (yaml.safe_load(raw) or {}).get("gate") if raw else None
+    return rules or config.load_params(root / "params.yaml")["gate"]
+
+
 def run_gate(base: str, root: Path | None = None) -> Verdict:
     """Compare the model this work tree serves with the one ``base`` serves."""
     root = root or config.ROOT
-    rules = config.load_params(root / "params.yaml")["gate"]
     record = parse_record(_read(root / SERVED_JSON), SERVED_JSON)
     predictions = parse_predictions(_read(root / SERVED_TEST_CSV), SERVED_TEST_CSV)
     if not rev_exists(base, root):
         raise MetricsError(f"the base revision {base!r} does not exist (fetch it first)")
+    rules = gate_rules(base, root)
     base_raw = git_show(base, SERVED_JSON, root)
     if base_raw is None:
         challenger = classification_metrics(

@@ -186,15 +186,17 @@ def test_better_model_passes_with_the_paired_comparison(repo, tmp_path):
 
 
 def test_a_gain_within_noise_fails_when_significance_is_required(repo):
-    branch(repo, "significance")
+    branch(repo, "strict-main")  # the rules come from the base branch
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["gate"]["require_significant_gain"] = True
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    commit(repo, "stricter gate")
+    branch(repo, "significance", base="strict-main")
     t = threshold(repo)
     fix = max(sum(not correct(r, t) for r in rows(repo) if r["label"] == "PNEUMONIA"), 2)
     assert fix <= 5, "5 or fewer one-way flips are within noise: 2 * (1/2)^5 > 0.05"
     as_new_model(repo, fix=fix)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["gate"]["require_significant_gain"] = True
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    result, verdict = gate(repo)
+    result, verdict = gate(repo, base="strict-main")
     assert verdict["comparison"]["mcnemar_p"] == pytest.approx(2 * 0.5**fix)
     assert result.returncode == 1 and verdict["passed"] is False
     assert any("require_significant_gain" in r for r in verdict["reasons"])
@@ -238,6 +240,16 @@ def test_better_accuracy_below_the_sensitivity_floor_fails(repo):
     result, verdict = gate(repo)
     assert result.returncode == 1
     assert any("below the floor 0.9000" in r for r in verdict["reasons"])
+
+
+def test_a_pull_request_cannot_loosen_its_own_gate(repo):
+    branch(repo, "loosened")
+    as_new_model(repo, break_=1)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["gate"]["min_accuracy_gain"] = -1.0  # "anything goes", says the pull request
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    result, verdict = gate(repo)
+    assert result.returncode == 1 and verdict["rules"]["min_accuracy_gain"] == 0.0
 
 
 def test_parameter_changes_are_reported(repo):
