@@ -9,18 +9,24 @@ WEIGHTS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps data retrain test test-fast lint format bench bench-pipeline clean
+.PHONY: help install system-deps data retrain test test-fast rehearsal lint format bench bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# The install stamp names the hash of what is installed: a changed requirement reinstalls, a
+# copy of the same files (a fresh checkout, a CI workspace) does not.
+REQUIREMENTS := requirements.txt requirements-dev.txt django_app/requirements.txt pyproject.toml
+INSTALLED := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | sha256sum | cut -c1-16)
+
+$(INSTALLED):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed*
 	touch $@
 
-install: $(VENV)/.installed ## create .venv with the pipeline and dev requirements
+install: $(INSTALLED) ## create .venv with the pipeline and dev requirements
 
 system-deps: ## Debian packages from .ci/apt-packages.txt (chromium for the browser test...), as root
 	@if [ -n "$(SKIP_SYSTEM_DEPS)" ]; then exit 0; fi; \
@@ -67,6 +73,9 @@ test: install system-deps ## all tests, the slow end-to-end ones included (what 
 
 test-fast: install ## tests without the slow end-to-end ones
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+rehearsal: install system-deps ## the workflows executed with act against local stand-ins (docs/operations.md)
+	$(BIN)/pytest tests/workflows $(PYTEST_ARGS)
 
 lint: install ## ruff (lint, format check) and zizmor (workflow security: no medium/high finding)
 	$(BIN)/ruff check src tests django_app bench conftest.py

@@ -201,9 +201,9 @@ class FakeGitHub:
 
     def answer(self, method: str, path: str, body: dict) -> tuple[int, object]:
         route = urlsplit(path)
-        if method == "POST" and route.path == "/_asset":
+        if method == "POST" and route.path == "/_asset":  # CML's upload: the URL as plain text
             self.assets.append(body.get("_raw", b""))
-            return 200, {"url": f"{self.url}/_asset/{len(self.assets)}"}
+            return 200, f"{self.url}/_asset/{len(self.assets)}"
         if route.path.startswith("/api/v3/users/"):
             return 200, {"login": route.path.rsplit("/", 1)[1], "id": 1}
         prefix = f"/api/v3/repos/{self.owner}/{self.repo}/"
@@ -290,9 +290,10 @@ class FakeGitHub:
                     except ValueError:
                         body = {"_raw": raw}
                     status, payload = fake.answer(self.command, self.path, body)
-                data = json.dumps(payload).encode()
+                text = isinstance(payload, str)
+                data = payload.encode() if text else json.dumps(payload).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if text else "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pneumonia import config
 from pneumonia.data import InvalidImageError, content_hash, decode_image, list_images, patient_id
+from pneumonia.tools import tool
 
 NEW_PATIENT_SPLITS = ("train", "test")  # val is carved out of train by the prepare stage
 # Patient ids link images only within one namespace (see the module docstring).
@@ -146,7 +147,7 @@ def apply_plan(plan: IngestPlan, data_dir: Path) -> None:
 
 def dvc_add(data_dir: Path) -> None:
     """Record the new data version in ``chest_xray.dvc`` (and the DVC cache)."""
-    subprocess.run(["dvc", "add", str(data_dir)], cwd=config.ROOT, check=True)
+    subprocess.run([tool("dvc"), "add", str(data_dir)], cwd=config.ROOT, check=True)
 
 
 def report(plan: IngestPlan, dry_run: bool) -> str:

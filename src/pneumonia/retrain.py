@@ -18,12 +18,17 @@ import subprocess
 import sys
 
 from pneumonia import config, tracking
+from pneumonia.tools import tool
 
 
 def stale_stages() -> list[str]:
     """Stages whose dependencies, parameters or outputs changed since dvc.lock."""
     result = subprocess.run(
-        ["dvc", "status", "--json"], cwd=config.ROOT, capture_output=True, text=True, check=True
+        [tool("dvc"), "status", "--json"],
+        cwd=config.ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     status = json.loads(result.stdout or "{}")
     return sorted(k.split(":")[-1] for k in status if not k.endswith(".dvc"))

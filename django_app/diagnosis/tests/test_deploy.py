@@ -78,8 +78,9 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
         subprocess.run(["bash", "-c", command], cwd=build, env=env, check=True, capture_output=True)
     log = open(build / "web.log", "w")  # noqa: SIM115 (closed below, after the server stops)
     started = time.monotonic()
+    web = commands["web"].replace("0.0.0.0", "127.0.0.1")  # a local router: loopback only
     proc = subprocess.Popen(
-        ["bash", "-c", commands["web"]],
+        ["bash", "-c", web],
         cwd=build,
         env=env,
         stdout=log,

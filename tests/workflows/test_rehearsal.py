@@ -1,0 +1,438 @@
+"""The four workflows' YAML, executed for real by act (host mode, offline), scenario by scenario,
+against local counterparts: a bare git repository as origin, moto_server as the DVC S3 remote, a
+real `mlflow server` run as hosted ones are (basic auth, PostgreSQL store, served artifacts: the
+jobs must pass the credentials), a Heroku Platform API stand-in whose releases really run the
+packaged app (its web_url), and a GitHub REST stand-in that the report comment (CML, built from
+its source) and the pull request calls (pneumonia.github) talk to. Training uses tiny
+parameters (16 + 3 + 5 images per class, 64 px, 1 epoch, random init).
+
+The scenarios build on each other, in this order: a data drop with no model yet opens the first
+retrain pull request (and closes an older one); its review posts one report comment, updated in
+place by a second push; merging it deploys the first champion (smoke test through web_url,
+MLflow production alias); a scheduled run with nothing new stays green without a pull request;
+a calibration-only change fails the gate (same decisions: no gain) and is labelled; merges of an
+app-only change (deployed with the current model), of a docs-only change (nothing deployed) and
+of a broken app (smoke test fails, rolled back to the running release).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import (
+    BIN,
+    MLFLOW_PASSWORD,
+    MLFLOW_USER,
+    REPO,
+    TINY_PARAMS,
+    copy_subset,
+    free_port,
+    tool_env,
+)
+from tests.fake_github import FakeGitHub
+from tests.fake_heroku import AppHost, FakeHeroku
+from tests.workflows.kit import KitMissing, prepare
+
+pytestmark = pytest.mark.slow
+
+OWNER_REPO = "local/pneumonia"
+BUCKET = "pneumonia-xray-dvc"  # .dvc/config's remote
+APP = "pneumonia-rehearsal"
+SECRET = "rehearsal-" + "x" * 24  # long: act masks secrets in its log
+PARAMS = {
+    **TINY_PARAMS,
+    # The rehearsal's models are tiny and its test split 10 images: the sensitivity floor is
+    # tested in tests/e2e/test_gate_rehearsal.py; here the release flow is what is checked.
+    "gate": {"min_sensitivity": 0.0},
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(f"git {' '.join(args)}: {result.stderr}")
+    return result.stdout.strip()
+
+
+class Rehearsal:
+    """The project as a team would have it: origin, a maintainer's clone, and the services."""
+
+    def __init__(self, work: Path, kit: dict, s3: str, mlflow: str, github: FakeGitHub,
+                 heroku: FakeHeroku, smoke_token: str):  # fmt: skip
+        self.work, self.kit, self.s3, self.mlflow = work, kit, s3, mlflow
+        self.github, self.heroku, self.smoke_token = github, heroku, smoke_token
+        self.origin = work / "origin.git"
+        self.clone = work / "maintainer"
+        self.runs = 0
+        self.env = tool_env(
+            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=s3, MLFLOW_TRACKING_URI=mlflow,
+            MLFLOW_TRACKING_USERNAME=MLFLOW_USER, MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD,
+        )  # fmt: skip
+
+    def sh(self, *cmd: str, cwd: Path | None = None) -> str:
+        result = subprocess.run(cmd, cwd=cwd or self.clone, env=self.env, capture_output=True,
+                                text=True)  # fmt: skip
+        if result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)}:\n{result.stdout[-3000:]}\n{result.stderr}")
+        return result.stdout
+
+    def create(self) -> None:
+        """The repository's files (this work tree), tiny data and parameters, no model yet."""
+        root = self.clone
+        listed = git(REPO, "ls-files", "-co", "--exclude-standard", "-z").split("\0")
+        skip = ("dvc.lock", "metrics/", "models/", "samples.dvc")
+        for name in filter(None, listed):
+            if name.startswith(skip) or not (REPO / name).is_file():
+                continue
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+        copy_subset(root / "data" / "chest_xray", {"train": 16, "val": 3, "test": 5})
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        for section, values in PARAMS.items():
+            params[section].update(values)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        requirements = (
+            "requirements.txt requirements-dev.txt django_app/requirements.txt pyproject.toml"
+        )
+        digest = hashlib.sha256(b"".join((root / n).read_bytes() for n in requirements.split()))
+        if not (REPO / ".venv" / f".installed-{digest.hexdigest()[:16]}").exists():
+            # The jobs' `make install` would install into this venv: never from a test.
+            pytest.fail("the venv does not match the requirements: run `make install` first")
+        git(root, "init", "-q", "-b", "main")
+        git(root, "config", "user.email", "maintainer@example.invalid")
+        git(root, "config", "user.name", "maintainer")
+        self.sh(str(BIN / "dvc"), "commit", "-f", "-q", "chest_xray.dvc")
+        git(root, "add", "-A")
+        git(root, "commit", "-qm", "Rehearsal project: tiny data, no model yet")
+        # make install finds the venv installed; act copies the link (.gitignore has .venv/, a
+        # folder pattern), and the maintainer's commits leave it out
+        (root / ".venv").symlink_to(REPO / ".venv")
+        with open(root / ".git" / "info" / "exclude", "a") as f:
+            f.write("/.venv\n")
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.s3, region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing"
+                     ).create_bucket(Bucket=BUCKET)  # fmt: skip
+        self.sh(str(BIN / "dvc"), "push", "-q", "chest_xray.dvc")
+        git(self.work, "init", "-q", "--bare", "-b", "main", str(self.origin))
+        git(root, "remote", "add", "origin", str(self.origin))
+        git(root, "push", "-q", "-u", "origin", "main")
+
+    def commit_and_push(self, message: str, branch: str = "main") -> str:
+        git(self.clone, "add", "-A")
+        git(self.clone, "commit", "-qm", message)
+        git(self.clone, "push", "-q", "origin", f"HEAD:{branch}")
+        return git(self.clone, "rev-parse", "HEAD")
+
+    def merge(self, branch: str) -> str:
+        """Merge a pull request's branch into main as GitHub's merge button does."""
+        git(self.clone, "fetch", "-q", "origin")
+        git(self.clone, "checkout", "-q", "main")
+        git(self.clone, "reset", "-q", "--hard", "origin/main")
+        git(self.clone, "merge", "-q", "--no-ff", "-m", f"Merge {branch}", f"origin/{branch}")
+        git(self.clone, "push", "-q", "origin", "main")
+        self.sh(str(BIN / "dvc"), "checkout", "-q", "--allow-missing")
+        return git(self.clone, "rev-parse", "HEAD")
+
+    def act(self, workflow: str, event: str, ref: str, payload: dict) -> tuple[int, str]:
+        """Run one workflow under act in a fresh clone of origin at ``ref``."""
+        self.runs += 1
+        run = self.work / "runs" / f"{self.runs:02d}-{workflow}"
+        git(self.work, "clone", "-q", str(self.origin), str(run))
+        git(run, "checkout", "-q", ref)
+        (run / ".venv").symlink_to(REPO / ".venv")
+        event_file = run.parent / f"{self.runs:02d}-event.json"
+        repository = {"name": "pneumonia", "full_name": OWNER_REPO, "default_branch": "main",
+                      "owner": {"login": "local"}}  # fmt: skip
+        event_file.write_text(json.dumps({**payload, "repository": repository}))
+        command = [
+            str(self.kit["act"]), event, "-W", f".github/workflows/{workflow}.yml",
+            "-e", str(event_file), *self.kit["args"],
+            "--cache-server-path", str(self.work / "act-cache-server"),
+            "--cache-server-addr", "127.0.0.1",
+            "--github-instance", self.github.host,
+            "--env", f"GITHUB_REPOSITORY={OWNER_REPO}", "--env", f"GITHUB_RUN_ID={100 + self.runs}",
+            "--env", f"AWS_ENDPOINT_URL_S3={self.s3}", "--env", "AWS_DEFAULT_REGION=us-east-1",
+            "--env", f"HEROKU_API_URL={self.heroku.url}",
+            "--env", f"REQUESTS_CA_BUNDLE={self.github.ca}",
+            "--env", f"NODE_EXTRA_CA_CERTS={self.github.ca}",
+            "--env", f"CML_COMMENT_PUBLISH_URL={self.github.url}/_asset",
+            "--env", "ITERATIVE_DO_NOT_TRACK=1", "--env", "NODE_OPTIONS=--no-experimental-fetch",
+            "--env", "PYTHONPATH=src",  # the code of this checkout, not the venv's editable one
+            "-s", "AWS_ACCESS_KEY_ID=testing", "-s", "AWS_SECRET_ACCESS_KEY=testing",
+            "-s", f"MLFLOW_TRACKING_URI={self.mlflow}",
+            "-s", f"MLFLOW_TRACKING_USERNAME={MLFLOW_USER}",
+            "-s", f"MLFLOW_TRACKING_PASSWORD={MLFLOW_PASSWORD}",
+            "-s", f"GITHUB_TOKEN={self.github.token}",
+            "-s", f"RETRAIN_PR_TOKEN={self.github.token}",
+            "-s", f"HEROKU_API_KEY={self.heroku.api_key}",
+            "-s", f"HEROKU_SMOKE_TEST_TOKEN={self.smoke_token}", "-s", "SLACK_WEBHOOK_URL=",
+            "--var", f"HEROKU_APP_NAME={APP}",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_"))}
+        result = subprocess.run(command, cwd=run, env=env, capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=1200)  # fmt: skip
+        log = result.stdout + result.stderr
+        (run.parent / f"{self.runs:02d}-{workflow}.log").write_text(log)
+        return result.returncode, log
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def kit():
+    try:
+        return prepare()
+    except KitMissing as exc:
+        pytest.skip(f"the workflow rehearsal needs local copies of the actions: {exc}")
+
+
+@pytest.fixture(scope="module")
+def github(tmp_path_factory):
+    work = tmp_path_factory.mktemp("github")
+    fake = FakeGitHub(work, git_dir=None)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def heroku(tmp_path_factory):
+    """The Platform API stand-in, its releases running as a dyno on PostgreSQL; yields it with
+    the API token of a smoke-test account (made as the README tells staff to)."""
+    import psycopg
+
+    from pneumonia.package import app_venv
+
+    work = tmp_path_factory.mktemp("heroku")
+    database = f"rehearsal_{secrets.token_hex(4)}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    host = AppHost(work / "slugs", app_venv(REPO / "django_app", REPO / ".cache"), {
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "localhost,127.0.0.1",
+        "DJANGO_SSL_REDIRECT": "0",
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+    }, free_port())  # fmt: skip
+    host.manage(REPO / "django_app", "migrate", "--noinput")
+    made = host.manage(REPO / "django_app", "add_clinician", "smoke-test", "--password-stdin",
+                       "--api-token", "deploy", stdin="Rehearsal-Smoke-2026\n")  # fmt: skip
+    token = made.split("store it now): ")[1].strip()
+    fake = FakeHeroku(APP, api_key=SECRET, host=host)
+    try:
+        yield fake, token
+    finally:
+        fake.close()
+        host.stop()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def rehearsal(
+    kit, github, heroku, s3_server, mlflow_auth_server, tmp_path_factory, monkeypatch_module
+):
+    fake_heroku, token = heroku
+    work = tmp_path_factory.mktemp("rehearsal")
+    # This process reads the server too (MlflowClient in the assertions): as the pipeline user.
+    monkeypatch_module.setenv("MLFLOW_TRACKING_USERNAME", MLFLOW_USER)
+    monkeypatch_module.setenv("MLFLOW_TRACKING_PASSWORD", MLFLOW_PASSWORD)
+    project = Rehearsal(work, kit, s3_server, mlflow_auth_server, github, fake_heroku, token)
+    project.create()
+    github.git_dir = project.origin
+    return project
+
+
+def remote_has(rehearsal: Rehearsal, md5: str) -> bool:
+    """Whether the DVC remote (moto) holds the object with this md5 (a .dir listing too)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=rehearsal.s3, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    key = f"chest-xray/files/md5/{md5[:2]}/{md5[2:]}"
+    return s3.list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] > 0
+
+
+def bundle_md5(lock_text: str) -> str:
+    lock = yaml.safe_load(lock_text)
+    return next(o["md5"] for o in lock["stages"]["export"]["outs"] if o["path"] == "models/bundle")
+
+
+def health(url: str) -> dict:
+    with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def retrain_pull(github: FakeGitHub):
+    return [p for p in github.pulls if p.head.startswith("retrain/") and p.state == "open"]
+
+
+STATE: dict = {}  # what one scenario leaves for the next (they run in file order)
+
+
+def test_data_drop_without_a_model_opens_the_first_retrain_pr(rehearsal, github):
+    # An older retrain pull request is still open: the new one supersedes it.
+    git(rehearsal.clone, "push", "-q", "origin", "main:retrain/20261120-1")
+    older = github.add_pull("retrain/20261120-1", git(rehearsal.clone, "rev-parse", "HEAD"))
+    code, log = rehearsal.act("retrain", "schedule", "main", {"schedule": "17 3 * * *"})
+    assert code == 0, log[-6000:]
+    assert "Retraining (out of date: " in log and "dvc repro" in log
+    (pr,) = retrain_pull(github)
+    assert pr.number != older and github.pull(older).state == "closed"
+    assert f"Superseded by #{pr.number}" in github.comments_on(older)[0].body
+    assert "## Model report" in pr.body and "first champion" in pr.body
+    assert pr.labels == [], "the first champion passes the gate"
+    branch_lock = git(rehearsal.work, "--git-dir", str(rehearsal.origin), "show",
+                      f"{pr.head}:dvc.lock")  # fmt: skip
+    assert remote_has(rehearsal, bundle_md5(branch_lock)), "the new bundle is in the DVC remote"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=rehearsal.mlflow)
+    version = client.get_model_version_by_alias("pneumonia-resnet18", "challenger")
+    assert client.get_run(version.run_id).data.tags["trigger"] == "schedule"
+    STATE["pr"] = pr
+
+
+def test_pr_review_posts_one_report_comment_updated_in_place(rehearsal, github):
+    pr = STATE["pr"]
+    payload = {"number": pr.number, "pull_request": {
+        "number": pr.number, "head": {"ref": pr.head, "sha": pr.head_sha},
+        "base": {"ref": "main", "sha": git(rehearsal.clone, "rev-parse", "main")}}}  # fmt: skip
+    code, log = rehearsal.act("pr-review", "pull_request", pr.head_sha, payload)
+    assert code == 0, log[-6000:]
+    (comment,) = github.comments_on(pr.number)
+    assert "## Model report" in comment.body and "CML watermark" in comment.body
+    assert "first champion" in comment.body
+    # A second push to the pull request (a note in the README): the same comment is updated.
+    git(rehearsal.clone, "fetch", "-q", "origin")
+    git(rehearsal.clone, "checkout", "-q", "-B", pr.head, f"origin/{pr.head}")
+    with open(rehearsal.clone / "README.md", "a") as f:
+        f.write("\nRetrained by the rehearsal.\n")
+    sha = rehearsal.commit_and_push("README: note", branch=pr.head)
+    pr.head_sha = sha
+    payload["pull_request"]["head"]["sha"] = sha
+    code, log = rehearsal.act("pr-review", "pull_request", sha, payload)
+    assert code == 0, log[-6000:]
+    assert len(github.comments_on(pr.number)) == 1
+    posts = [e for e in github.log if e.startswith(f"POST /api/v3/repos/{OWNER_REPO}/issues/")]
+    patches = [
+        e for e in github.log if e.startswith("PATCH /api/v3/repos/local/pneumonia/issues/c")
+    ]
+    assert len(posts) == 2 and len(patches) == 1  # the superseded note, the report; one update
+
+
+def test_merging_the_first_model_deploys_it(rehearsal, github, heroku):
+    fake, _ = heroku
+    pr = STATE["pr"]
+    merged = rehearsal.merge(pr.head)
+    github.pull(pr.number).state = "closed"
+    code, log = rehearsal.act("deploy", "push", merged, {"ref": "refs/heads/main", "after": merged})
+    assert code == 0, log[-6000:]
+    assert "the served model changed and passes the gate" in log
+    served = json.loads((rehearsal.clone / "metrics/served.json").read_text())
+    assert health(fake.web_url)["sha256"] == served["model"]["onnx_sha256"], "live app, web_url"
+    assert fake.rollbacks == [] and fake.releases[-1]["current"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=rehearsal.mlflow)
+    production = client.get_model_version_by_alias("pneumonia-resnet18", "production")
+    assert production.tags["onnx_sha256"] == served["model"]["onnx_sha256"]
+    STATE["releases"] = len(fake.releases)
+    STATE["production"] = production.version
+
+
+def test_scheduled_run_with_nothing_new_opens_no_pr(rehearsal, github):
+    before = len(github.pulls)
+    code, log = rehearsal.act("retrain", "schedule", "main", {"schedule": "17 3 * * *"})
+    assert code == 0, log[-6000:]
+    assert "Nothing changed (data " in log and len(github.pulls) == before
+    assert "retrain/" not in git(rehearsal.work, "--git-dir", str(rehearsal.origin), "branch",
+                                 "--list", "retrain/*", "--contains", "main")  # fmt: skip
+
+
+def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal, github):
+    git(rehearsal.clone, "checkout", "-q", "-B", "calibration", "main")
+    params = yaml.safe_load((rehearsal.clone / "params.yaml").read_text())
+    params["evaluate"]["calibration"] = "temperature"  # monotone: the same decisions
+    (rehearsal.clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    rehearsal.sh(str(BIN / "dvc"), "pull", "-q", "--allow-missing")
+    rehearsal.sh(str(BIN / "dvc"), "repro")
+    rehearsal.sh(str(BIN / "dvc"), "push", "-q")
+    sha = rehearsal.commit_and_push("Temperature scaling instead of Platt", branch="calibration")
+    number = github.add_pull("calibration", sha)
+    payload = {"number": number, "pull_request": {"number": number,
+               "head": {"ref": "calibration", "sha": sha}, "base": {"ref": "main"}}}  # fmt: skip
+    code, log = rehearsal.act("pr-review", "pull_request", sha, payload)
+    assert code != 0, "the gate is the job's status"
+    assert "gate: FAIL" in log and "(+0.0000; must be > +0.0000)" in log
+    assert github.pull(number).labels == ["gate: failed"]
+    (comment,) = github.comments_on(number)
+    assert "**Gate: :x: FAIL**" in comment.body and "| exact McNemar p-value | 1 |" in comment.body
+    git(rehearsal.clone, "checkout", "-q", "main")
+    rehearsal.sh(str(BIN / "dvc"), "checkout", "-q", "--allow-missing")
+
+
+def test_merging_an_app_change_deploys_the_app_with_the_current_model(rehearsal, heroku):
+    fake, _ = heroku
+    template = rehearsal.clone / "django_app/diagnosis/templates/diagnosis/base.html"
+    template.write_text(template.read_text().replace("</footer>", "<!-- rehearsal --></footer>"))
+    merged = rehearsal.commit_and_push("Web: a template fix")
+    code, log = rehearsal.act("deploy", "push", merged, {"ref": "refs/heads/main", "after": merged})
+    assert code == 0, log[-6000:]
+    assert "the app changed (django_app/diagnosis/templates/diagnosis/base.html)" in log
+    assert len(fake.releases) == STATE["releases"] + 1 and fake.rollbacks == []
+    served = json.loads((rehearsal.clone / "metrics/served.json").read_text())
+    assert health(fake.web_url)["sha256"] == served["model"]["onnx_sha256"]
+    STATE["releases"] = len(fake.releases)
+    from mlflow import MlflowClient
+
+    # The unmerged calibration branch registered a version with the same ONNX file: production
+    # stays on the version that serves main's bundle (its calibration and threshold).
+    client = MlflowClient(tracking_uri=rehearsal.mlflow)
+    production = client.get_model_version_by_alias("pneumonia-resnet18", "production")
+    assert production.version == STATE["production"]
+
+
+def test_merging_a_docs_change_deploys_nothing(rehearsal, heroku):
+    fake, _ = heroku
+    with open(rehearsal.clone / "README.md", "a") as f:
+        f.write("\nA docs-only change.\n")
+    merged = rehearsal.commit_and_push("README: a docs-only change")
+    code, log = rehearsal.act("deploy", "push", merged, {"ref": "refs/heads/main", "after": merged})
+    assert code == 0, log[-6000:]
+    assert "neither the served model nor the app changed" in log and "nothing to deploy" in log
+    assert len(fake.releases) == STATE["releases"]
+
+
+def test_a_failed_smoke_test_rolls_back_to_the_running_release(rehearsal, heroku):
+    fake, _ = heroku
+    running = fake.releases[-1]["version"]
+    procfile = rehearsal.clone / "django_app" / "Procfile"
+    good = procfile.read_text()
+    procfile.write_text(good.replace("gunicorn", "gunicorn --no-such-option", 1))
+    merged = rehearsal.commit_and_push("Web: a broken Procfile")
+    started = time.monotonic()
+    code, log = rehearsal.act("deploy", "push", merged, {"ref": "refs/heads/main", "after": merged})
+    assert code != 0 and "rolled back to release v" in log, log[-6000:]
+    assert fake.releases[-1]["description"] == f"Rollback to v{running}"
+    assert health(fake.web_url)["status"] == "ok", "the rolled-back release serves again"
+    assert time.monotonic() - started < 900
+    procfile.write_text(good)
+    rehearsal.commit_and_push("Web: revert the broken Procfile")
