@@ -148,13 +148,19 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def serve(cmd: list[str], health_url: str, workdir: Path, timeout: float = 120) -> Iterator[None]:
+def serve(
+    cmd: list[str], health_url: str, workdir: Path, timeout: float = 120, **env: str
+) -> Iterator[None]:
     """Run a server in its own process group until the block ends; its log goes to workdir."""
     with open(workdir / "server.log", "w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env=tool_env(),
-        )  # fmt: skip
+            cmd,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=tool_env(**env),
+        )
         try:
             wait_http(health_url, proc, timeout)
             yield
@@ -168,10 +174,19 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("mlflow-server")
     url = f"http://127.0.0.1:{free_port()}"
     cmd = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-        "--backend-store-uri", f"sqlite:///{work / 'mlflow.db'}",
-        "--artifacts-destination", str(work / "artifacts"), "--workers", "1",
-    ]  # fmt: skip
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        url.rsplit(":", 1)[1],
+        "--backend-store-uri",
+        f"sqlite:///{work / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(work / "artifacts"),
+        "--workers",
+        "1",
+    ]
     with serve(cmd, f"{url}/health", work):
         yield url
 
@@ -184,3 +199,71 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
     cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
     with serve(cmd, f"http://127.0.0.1:{port}/moto-api/", work, timeout=60):
         yield f"http://127.0.0.1:{port}"
+
+
+MLFLOW_USER = "pipeline"
+MLFLOW_PASSWORD = "pipeline-" + "p4ss" * 6  # long: never a guessable default
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(tmp_path_factory) -> Iterator[str]:
+    """A real ``mlflow server`` run the way hosted ones are: the basic-auth app, a PostgreSQL
+    backend store, artifacts served by the server; the user MLFLOW_USER (created through the
+    admin API) may create experiments and models. Yields the URI."""
+    import base64
+    import json
+    import secrets
+
+    import psycopg
+
+    work = tmp_path_factory.mktemp("mlflow-auth")
+    database = f"mlflow_{secrets.token_hex(4)}"
+    admin_db = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin_db, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    admin_password = secrets.token_urlsafe(24)
+    (work / "auth.ini").write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{work / 'auth.db'}\n"
+        f"admin_username = admin\nadmin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    url = f"http://127.0.0.1:{free_port()}"
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        url.rsplit(":", 1)[1],
+        "--backend-store-uri",
+        f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(work / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    server_env = {
+        "MLFLOW_AUTH_CONFIG_PATH": str(work / "auth.ini"),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
+    try:
+        with serve(cmd, f"{url}/health", work, **server_env):
+            credentials = base64.b64encode(f"admin:{admin_password}".encode()).decode()
+            request = urllib.request.Request(
+                f"{url}/api/2.0/mlflow/users/create",
+                data=json.dumps({"username": MLFLOW_USER, "password": MLFLOW_PASSWORD}).encode(),
+                headers={
+                    "Authorization": f"Basic {credentials}",
+                    "Content-Type": "application/json",
+                },
+            )
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+            yield url
+    finally:
+        with psycopg.connect(admin_db, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

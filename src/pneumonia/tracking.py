@@ -7,6 +7,7 @@ One pipeline execution is one MLflow run: ``train`` starts it and records its id
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -59,9 +60,12 @@ def connect():
 
 
 def _check_server(uri: str) -> None:
-    """Fail in seconds, with the fix, instead of MLflow's minutes of retries."""
+    """Fail in seconds, with the fix, instead of MLflow's minutes of retries: the server must
+    answer, and accept the credentials (an authenticated read), before anything is logged or
+    registered."""
+    base = uri.rstrip("/")
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as response:
+        with urllib.request.urlopen(base + "/health", timeout=10) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
         raise TrackingUnavailableError(
@@ -69,6 +73,40 @@ def _check_server(uri: str) -> None:
             "the URI and credentials (MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN), or unset "
             "MLFLOW_TRACKING_URI to log to the local store in .mlflow/."
         ) from exc
+    request = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers=_auth_headers()
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            names = (
+                "MLFLOW_TRACKING_TOKEN"
+                if os.environ.get("MLFLOW_TRACKING_TOKEN")
+                else "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD"
+            )
+            raise TrackingUnavailableError(
+                f"MLflow server {uri} refused the credentials (HTTP {exc.code}): fix {names} "
+                "(repository secrets in CI). Nothing was logged."
+            ) from None
+        raise TrackingUnavailableError(
+            f"MLflow server {uri} answered HTTP {exc.code} to an authenticated read"
+        ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingUnavailableError(f"MLflow server {uri} failed: {exc}") from exc
+
+
+def _auth_headers() -> dict[str, str]:
+    """The credentials MLflow's client sends: a bearer token, or basic auth."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+    if user and password:
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {encoded}"}
+    return {}
 
 
 def git_info(root: Path | None = None) -> dict[str, Any]:
