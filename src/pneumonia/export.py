@@ -234,9 +234,12 @@ def export(
             (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
             served_probability = batched_probabilities(Bundle(staging), test_split.images)
             check = served_accuracy(
-                served_probability, float(manifest["threshold"]), test_split,
-                float_probability, float(test_metrics["accuracy"]),
-            )  # fmt: skip
+                served_probability,
+                float(manifest["threshold"]),
+                test_split,
+                float_probability,
+                float(test_metrics["accuracy"]),
+            )
             manifest["quantization"] = {**quantization_entry(len(calibration), float_sha), **check}
             max_drop = float(params["export"]["max_accuracy_drop"])
             if check["test_accuracy_drop"] > max_drop:
@@ -307,6 +310,12 @@ def register(
             client.set_model_version_tag(
                 tracking.REGISTERED_MODEL_NAME, version, key, str(manifest[key])
             )
+        client.set_model_version_tag(
+            tracking.REGISTERED_MODEL_NAME,
+            version,
+            "served_identity",
+            served.identity_digest(manifest),
+        )
         test = manifest["metrics"]["test"]
         for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
             client.set_model_version_tag(
@@ -337,9 +346,16 @@ def main(argv: list[str] | None = None) -> int:
             count = int(params["export"]["calibration_images"])
             calibration = calibration_sample(train.images, train.labels, count)
         manifest, probability = export(
-            model, image_size, check, val_metrics, test_metrics, params, config.BUNDLE_DIR,
-            calibration=calibration, test_split=test,
-        )  # fmt: skip
+            model,
+            image_size,
+            check,
+            val_metrics,
+            test_metrics,
+            params,
+            config.BUNDLE_DIR,
+            calibration=calibration,
+            test_split=test,
+        )
         data = json.loads((config.METRICS_DIR / "data.json").read_text())
         record = write_served_record(
             manifest, test, probability, data.get("fingerprints", {}).get("test"), config.ROOT

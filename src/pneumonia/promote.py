@@ -2,11 +2,13 @@
 
     MLFLOW_TRACKING_URI=... python -m pneumonia.promote --bundle models/bundle
 
-The version is the one whose ``onnx_sha256`` tag matches the bundle (the export stage tags every
-version it registers). When none matches (the pipeline ran against another tracking server), the
-bundle's ONNX model is registered now, in a run tagged ``promotion``. The version is tagged with
-the deploy's time, git commit and Heroku app; the alias moves, and the previous production
-version keeps a ``replaced_at`` tag. Running it twice for the same bundle changes nothing more.
+The version is the one whose ``served_identity`` tag matches the bundle's (the export stage tags
+every version it registers: the ONNX file, calibration, threshold, input and labels; versions
+registered before that tag existed are matched by ``onnx_sha256``). When none matches (the
+pipeline ran against another tracking server), the bundle's ONNX model is registered now, in a
+run tagged ``promotion``. The version is tagged with the deploy's time, git commit and Heroku
+app; the alias moves, and the previous production version keeps a ``replaced_at`` tag. Running
+it twice for the same bundle changes nothing more.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pneumonia import config, tracking
+from pneumonia import config, served, tracking
 
 PRODUCTION_ALIAS = "production"
 
 
-def find_version(client, name: str, sha256: str):
+def find_version(client, name: str, manifest: dict):
+    """The registered version that serves exactly this bundle, or None."""
+    digest = served.identity_digest(manifest)
     for version in client.search_model_versions(f"name='{name}'"):
-        if version.tags.get("onnx_sha256") == sha256:
+        tags = version.tags
+        if tags.get("served_identity", digest) == digest and (
+            tags.get("onnx_sha256") == manifest["onnx_sha256"]
+        ):
             return version
     return None
 
@@ -36,7 +43,7 @@ def promote(bundle_dir: Path, app: str | None = None) -> dict:
     client = mlflow.MlflowClient()
     manifest = json.loads((bundle_dir / "model.json").read_text())
     name, sha256 = tracking.REGISTERED_MODEL_NAME, manifest["onnx_sha256"]
-    version = find_version(client, name, sha256) if _model_exists(client, name) else None
+    version = find_version(client, name, manifest) if _model_exists(client, name) else None
     registered_now = version is None
     if registered_now:
         import onnx
@@ -49,6 +56,9 @@ def promote(bundle_dir: Path, app: str | None = None) -> dict:
             mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
         version = client.get_model_version(name, str(info.registered_model_version))
         client.set_model_version_tag(name, version.version, "onnx_sha256", sha256)
+        client.set_model_version_tag(
+            name, version.version, "served_identity", served.identity_digest(manifest)
+        )
     try:
         previous = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
     except Exception:  # no production version yet

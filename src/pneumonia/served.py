@@ -13,6 +13,7 @@ answered each test image, without DVC or the images.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from dataclasses import dataclass
@@ -44,6 +45,13 @@ def identity(manifest: dict[str, Any]) -> dict[str, Any]:
         "calibration": {k: calibration.get(k) for k in ("method", "scale", "bias")},
         "threshold": manifest["threshold"],
     }
+
+
+def identity_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the served identity: the key of a registered model version (two bundles with
+    the same ONNX file but another threshold or calibration are different models to serve)."""
+    canonical = json.dumps(identity(manifest), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass

@@ -47,6 +47,26 @@ def test_promotion_moves_the_production_alias(tmp_path, mlflow_server):
     assert "replaced_at" in client.get_model_version(name, "1").tags
 
 
+def test_same_onnx_with_another_calibration_is_another_version(tmp_path, mlflow_server):
+    """The served identity (ONNX, calibration, threshold, ...) picks the version: a bundle that
+    shares the ONNX file with a registered one but serves another threshold is not it."""
+    import json
+    import shutil
+
+    name = f"pneumonia-identity-{secrets.token_hex(3)}"
+    env = tool_env(MLFLOW_TRACKING_URI=mlflow_server, MLFLOW_REGISTERED_MODEL_NAME=name)
+    first = make_bundle(calibrated_model(32), 32, tmp_path / "a" / "bundle", METRICS)
+    other = tmp_path / "b" / "bundle"
+    shutil.copytree(first, other)
+    manifest = json.loads((other / "model.json").read_text())
+    manifest["threshold"] = 0.7  # same model.onnx, another decision threshold
+    (other / "model.json").write_text(json.dumps(manifest))
+    promote(first, env)
+    out = promote(other, env).stdout
+    assert f"{name} v2 is now 'production' (registered now)" in out
+    assert f"{name} v1 is now 'production'" in promote(first, env).stdout
+
+
 def test_unreachable_tracking_server_is_a_clear_failure(tmp_path):
     from tests.conftest import free_port
 
