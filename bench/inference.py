@@ -28,13 +28,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from pneumonia.config import PREPARED_DIR, load_params  # noqa: E402
 from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
-from pneumonia.metrics import classification_metrics  # noqa: E402
 from pneumonia.export import export_onnx  # noqa: E402
+from pneumonia.metrics import classification_metrics  # noqa: E402
 from pneumonia.model import load_checkpoint, predict_logits, to_input  # noqa: E402
 from pneumonia.predict import Bundle, sha256_file  # noqa: E402
 from pneumonia.prepare import load_split  # noqa: E402
@@ -61,8 +60,9 @@ def session(onnx_path: Path, threads: int):
 
 
 def onnx_logits(bundle: Bundle, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    return np.concatenate([bundle.run(images[i : i + batch])[0]
-                           for i in range(0, len(images), batch)])  # fmt: skip
+    return np.concatenate(
+        [bundle.run(images[i : i + batch])[0] for i in range(0, len(images), batch)]
+    )
 
 
 def main() -> int:
@@ -123,17 +123,23 @@ def main() -> int:
     logits = {"torch eager (fp32)": predict_logits(model, test.images)}
     for name, b in bundles.items():
         logits[name] = onnx_logits(b, test.images)
-    print(f"\nTest split ({len(test.labels)} images), the bundle's calibration and threshold "
-          f"({bundle.threshold:.3f}):\n")  # fmt: skip
-    print("| model | accuracy | sensitivity | specificity | ROC AUC | max abs. probability "
-          "change vs torch |\n|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    print(
+        f"\nTest split ({len(test.labels)} images), the bundle's calibration and threshold "
+        f"({bundle.threshold:.3f}):\n"
+    )
+    print(
+        "| model | accuracy | sensitivity | specificity | ROC AUC | max abs. probability "
+        "change vs torch |\n|---|---:|---:|---:|---:|---:|"
+    )
     reference = bundle.calibrated(logits["torch eager (fp32)"])
     for name, values in logits.items():
         probability = bundle.calibrated(values)
         m = classification_metrics(test.labels, probability, bundle.threshold)
-        print(f"| {name} | {m['accuracy']:.4f} | {m['sensitivity']:.4f} | "
-              f"{m['specificity']:.4f} | {m['roc_auc']:.4f} | "
-              f"{float(np.max(np.abs(probability - reference))):.4f} |")  # fmt: skip
+        print(
+            f"| {name} | {m['accuracy']:.4f} | {m['sensitivity']:.4f} | "
+            f"{m['specificity']:.4f} | {m['roc_auc']:.4f} | "
+            f"{float(np.max(np.abs(probability - reference))):.4f} |"
+        )
     shutil.rmtree(tmp)
     return 0
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# The web app is a folder, not an installed package: its modules are imported from there.
 sys.path.insert(0, str(ROOT / "django_app"))
 
 from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
@@ -76,17 +76,24 @@ def main() -> int:
         for data in uploads:
             gray = timed("decode (read_upload)", read_upload, data)
             x = timed("model input (resize, normalise)", model.model_input, gray)
-            _, features = timed("onnxruntime call (1 thread)", model.session.run,
-                                ["logits", "features"], {"image": x})  # fmt: skip
+            _, features = timed(
+                "onnxruntime call (1 thread)",
+                model.session.run,
+                ["logits", "features"],
+                {"image": x},
+            )
             display = timed("display copy (thumbnail)", thumbnail, gray)
-            cam = timed("activation map", activation_map, features[0], model.class_weight,
-                        display.size)  # fmt: skip
+            cam = timed(
+                "activation map", activation_map, features[0], model.class_weight, display.size
+            )
             heat = timed("overlay", overlay, display, cam)
             timed("PNG of the display copy", to_png, display)
             timed("JPEG of the heat map", to_jpeg, heat)
     served = "INT8" if "quantization" in model.manifest else "float"
-    print(f"{len(uploads)} full-size sample JPEGs x {args.rounds} rounds, {served} model, "
-          "median per step:\n")  # fmt: skip
+    print(
+        f"{len(uploads)} full-size sample JPEGs x {args.rounds} rounds, {served} model, "
+        "median per step:\n"
+    )
     print("| step | median (ms) | share |\n|---|---:|---:|")
     medians = {name: statistics.median(times) for name, times in steps.items()}
     total = sum(medians.values())

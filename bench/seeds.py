@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from pneumonia.config import PREPARED_DIR, RAW_DIR, load_params  # noqa: E402
 from pneumonia.evaluate import evaluate  # noqa: E402
@@ -91,8 +90,13 @@ def one_run(job: dict) -> dict:
     scores = {"last": score(last, splits, job["evaluate"], device)}
     last.load_state_dict(best["state"])
     scores["best_val_loss"] = score(last, splits, job["evaluate"], device)
-    return {"seed": job["seed"], "precision": job["precision"], "best_epoch": best["epoch"],
-            "train_seconds": round(seconds, 1), "test": scores}  # fmt: skip
+    return {
+        "seed": job["seed"],
+        "precision": job["precision"],
+        "best_epoch": best["epoch"],
+        "train_seconds": round(seconds, 1),
+        "test": scores,
+    }
 
 
 def prepared_dir(args, params: dict, scratch: Path) -> Path:
@@ -110,17 +114,21 @@ def prepared_dir(args, params: dict, scratch: Path) -> Path:
 
 
 def table(runs: list[dict], metric: str) -> list[str]:
-    lines = [f"**test {metric}** (mean ± sd, min-max over seeds)", "",
-             "| precision | seeds | " + " | ".join(CHOICES) + " |",
-             "|---|---:|" + "---:|" * len(CHOICES)]  # fmt: skip
+    lines = [
+        f"**test {metric}** (mean ± sd, min-max over seeds)",
+        "",
+        "| precision | seeds | " + " | ".join(CHOICES) + " |",
+        "|---|---:|" + "---:|" * len(CHOICES),
+    ]
     for precision in dict.fromkeys(r["precision"] for r in runs):
         mine = [r for r in runs if r["precision"] == precision]
         cells = []
         for choice in CHOICES:
             values = [r["test"][choice][metric] for r in mine]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f} ({min(values):.3f}-"
-                         f"{max(values):.3f})")  # fmt: skip
+            cells.append(
+                f"{statistics.mean(values):.3f} ± {sd:.3f} ({min(values):.3f}-{max(values):.3f})"
+            )
         lines.append(f"| {precision} | {len(mine)} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -141,17 +149,28 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch:
         folder = prepared_dir(args, params, Path(scratch))
-        jobs = [{"seed": seed, "precision": precision, "device": args.device, "threads": threads,
-                 "prepared": str(folder), "train": train_params, "evaluate": params["evaluate"]}
-                for seed in args.seeds for precision in args.precisions]  # fmt: skip
+        jobs = [
+            {
+                "seed": seed,
+                "precision": precision,
+                "device": args.device,
+                "threads": threads,
+                "prepared": str(folder),
+                "train": train_params,
+                "evaluate": params["evaluate"],
+            }
+            for seed in args.seeds
+            for precision in args.precisions
+        ]
         runs = []
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             for run in pool.imap_unordered(one_run, jobs):
                 print(json.dumps(run), flush=True)  # what is done, should the rest not finish
                 runs.append(run)
     runs.sort(key=lambda r: (args.precisions.index(r["precision"]), r["seed"]))
-    args.out.write_text(json.dumps({"train": train_params, "device": args.device,
-                                    "runs": runs}, indent=2) + "\n")  # fmt: skip
+    args.out.write_text(
+        json.dumps({"train": train_params, "device": args.device, "runs": runs}, indent=2) + "\n"
+    )
     print(f"device: {args.device}; train params: {json.dumps(train_params)}\n")
     for metric in REPORTED:
         print("\n".join(table(runs, metric)))

@@ -34,7 +34,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from pneumonia.config import SHARED_DATA_DIR  # noqa: E402
 from pneumonia.data import load_image, resize  # noqa: E402
@@ -80,8 +79,14 @@ class DecodedFiles(Dataset):
         return torch.from_numpy(resize(load_image(self.files[i % len(self.files)]), self.size))
 
 
-def make_step(variant: Variant, files: list[Path], size: int, cached: torch.Tensor,
-              y: torch.Tensor, aug: Augment) -> Callable[[], None]:  # fmt: skip
+def make_step(
+    variant: Variant,
+    files: list[Path],
+    size: int,
+    cached: torch.Tensor,
+    y: torch.Tensor,
+    aug: Augment,
+) -> Callable[[], None]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = build_model("none", "per_image").train()
@@ -91,8 +96,14 @@ def make_step(variant: Variant, files: list[Path], size: int, cached: torch.Tens
     forward = torch.compile(model) if variant.compile else model
     criterion = nn.CrossEntropyLoss(weight=torch.tensor([2.0, 0.7]), label_smoothing=0.1)
     if variant.source == "workers":
-        batches = iter(DataLoader(DecodedFiles(files, size), batch_size=len(files), num_workers=2,
-                                  persistent_workers=True))  # fmt: skip
+        batches = iter(
+            DataLoader(
+                DecodedFiles(files, size),
+                batch_size=len(files),
+                num_workers=2,
+                persistent_workers=True,
+            )
+        )
 
     def step() -> None:
         if variant.source == "decode":
@@ -163,8 +174,10 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|")
     for name, times in seconds.items():
         median = statistics.median(times)
-        print(f"| {name} | {median:.2f} | {args.batch / median:.1f} | {baseline / median:.2f}x "
-              f"| {first_step[name]:.1f} |")  # fmt: skip
+        print(
+            f"| {name} | {median:.2f} | {args.batch / median:.1f} | {baseline / median:.2f}x "
+            f"| {first_step[name]:.1f} |"
+        )
     return 0
 
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 
 from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
 from pneumonia.heroku import multipart_image  # noqa: E402
@@ -100,25 +99,38 @@ def main() -> int:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {
-        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin", "HOME": str(work),
-        "PORT": str(port), "WEB_CONCURRENCY": "2", "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "ALLOWED_HOSTS": "127.0.0.1", "DJANGO_SSL_REDIRECT": "0",
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(work),
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DJANGO_SSL_REDIRECT": "0",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-    }  # fmt: skip
+    }
     procfile = dict(line.split(": ", 1) for line in (app / "Procfile").read_text().splitlines())
     for command in ("python manage.py collectstatic --noinput", procfile["release"]):
         subprocess.run(["bash", "-c", command], cwd=app, env=env, check=True, capture_output=True)
     made = subprocess.run(
         ["python", "manage.py", "add_clinician", "bench", "--password-stdin", "--api-token", "b"],
-        cwd=app, env=env, input=secrets.token_urlsafe(16) + "\n", check=True, capture_output=True,
+        cwd=app,
+        env=env,
+        input=secrets.token_urlsafe(16) + "\n",
+        check=True,
+        capture_output=True,
         text=True,
-    )  # fmt: skip
+    )
     TOKEN["value"] = made.stdout.split("store it now): ")[1].strip()
     url = f"http://127.0.0.1:{port}/api/v1/predictions"
     log = open(work / "web.log", "w")  # noqa: SIM115 (closed in finally)
     started = time.perf_counter()
-    server = subprocess.Popen(["bash", "-c", "exec " + procfile["web"]], cwd=app, env=env,
-                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    server = subprocess.Popen(
+        ["bash", "-c", "exec " + procfile["web"]],
+        cwd=app,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         while post(url, *images[0])[0] != 200:
             if server.poll() is not None or time.perf_counter() - started > 60:
@@ -178,10 +190,14 @@ def main() -> int:
     for n, pid in enumerate(sorted(rss_start)):
         end = rss_end.get(pid, float("nan"))
         growth = (end / rss_start[pid] - 1) * 100
-        print(f"| worker {n + 1} RSS at start / after {done} predictions | "
-              f"{rss_start[pid]:.0f} / {end:.0f} MiB ({growth:+.1f}%) |")  # fmt: skip
-    print(f"| installed app (venv + app + model) | {du_mib(venv, app):.0f} MiB "
-          f"({gzip_mib(venv, app):.0f} MiB as a gzipped tar, like a slug) |")  # fmt: skip
+        print(
+            f"| worker {n + 1} RSS at start / after {done} predictions | "
+            f"{rss_start[pid]:.0f} / {end:.0f} MiB ({growth:+.1f}%) |"
+        )
+    print(
+        f"| installed app (venv + app + model) | {du_mib(venv, app):.0f} MiB "
+        f"({gzip_mib(venv, app):.0f} MiB as a gzipped tar, like a slug) |"
+    )
     print(json.dumps({"errors": errors, "requests": len(statuses)}), file=sys.stderr)
     return 1 if errors else 0
 

@@ -54,8 +54,9 @@ def member_path(feedback: Feedback) -> str:
 
 def _record(name: str, created_by: str, exported: list[Feedback]) -> DatasetExport:
     """Record the export and mark its feedback, so nothing is exported twice."""
-    export = DatasetExport.objects.create(name=name, created_by=created_by,
-                                          image_count=len(exported))  # fmt: skip
+    export = DatasetExport.objects.create(
+        name=name, created_by=created_by, image_count=len(exported)
+    )
     Feedback.objects.filter(pk__in=[f.pk for f in exported]).update(exported_in=export)
     return export
 

@@ -43,8 +43,9 @@ def calibrated_probability(logits: np.ndarray, scale: float, bias: float) -> np.
     return predict.calibrated_probability(logits, scale, bias, POSITIVE)
 
 
-def _fit_margin(logits: np.ndarray, labels: np.ndarray, bias: bool,
-                scale_bounds: tuple[float, float]) -> tuple[float, float]:  # fmt: skip
+def _fit_margin(
+    logits: np.ndarray, labels: np.ndarray, bias: bool, scale_bounds: tuple[float, float]
+) -> tuple[float, float]:
     """(scale, bias) minimising the negative log-likelihood of sigmoid(scale * margin + bias),
     the bias held at 0 unless ``bias``."""
     from scipy.optimize import minimize
@@ -236,8 +237,13 @@ def write_figures(
         rows = reliability(split_labels, split_prob)
         ece = expected_calibration_error(split_labels, split_prob)
         ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label=f"{name} (ECE {ece:.3f})")
-    ax.set(xlabel="predicted probability of pneumonia", ylabel="observed share with pneumonia",
-           title="Reliability", xlim=(0, 1), ylim=(0, 1))  # fmt: skip
+    ax.set(
+        xlabel="predicted probability of pneumonia",
+        ylabel="observed share with pneumonia",
+        title="Reliability",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(loc="upper left")
     paths.append(_save(fig, out / "reliability.png"))
     return paths

@@ -273,8 +273,9 @@ def run_gate(base: str, root: Path | None = None) -> Verdict:
             f"the served model is the one on {base} (version {record.get('version')}: same ONNX "
             "file, calibration and threshold): nothing to judge, the champion stays"
         ]
-        return Verdict(True, UNCHANGED, reasons, record.get("test"), base_record.get("test"),
-                       None, rules)  # fmt: skip
+        return Verdict(
+            True, UNCHANGED, reasons, record.get("test"), base_record.get("test"), None, rules
+        )
     if record.get("test_data") is not None and base_record.get("test_data") == record["test_data"]:
         source = f"{SERVED_TEST_CSV} at {base}"
         champion_predictions = aligned(

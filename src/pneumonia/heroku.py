@@ -45,8 +45,9 @@ class HerokuClient:
             )
         self.app, self.api_key, self.base_url, self.timeout = app, api_key, base_url, timeout
 
-    def request(self, method: str, path: str, body: dict | None = None,
-                headers: dict | None = None) -> Any:  # fmt: skip
+    def request(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None
+    ) -> Any:
         request = urllib.request.Request(
             self.base_url.rstrip("/") + path,
             method=method,
@@ -85,8 +86,9 @@ class HerokuClient:
 
     def upload_source(self, tarball: bytes) -> str:
         blob = self.request("POST", "/sources")["source_blob"]
-        put = urllib.request.Request(blob["put_url"], data=tarball, method="PUT",
-                                     headers={"Content-Type": ""})  # fmt: skip
+        put = urllib.request.Request(
+            blob["put_url"], data=tarball, method="PUT", headers={"Content-Type": ""}
+        )
         try:
             with urllib.request.urlopen(put, timeout=120):
                 pass
@@ -96,9 +98,10 @@ class HerokuClient:
 
     def build(self, source_url: str, version: str, timeout: float = 900, poll: float = 5) -> dict:
         build = self.request(
-            "POST", f"/apps/{self.app}/builds",
+            "POST",
+            f"/apps/{self.app}/builds",
             {"source_blob": {"url": source_url, "version": version}},
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + timeout
         while build["status"] == "pending":
             if time.monotonic() > deadline:
@@ -142,8 +145,14 @@ def multipart_image(image: bytes, field: str = "image") -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def smoke_test(app_url: str, expected_sha256: str, sample: Path, token: str,
-               timeout: float = 180, poll: float = 3) -> dict:  # fmt: skip
+def smoke_test(
+    app_url: str,
+    expected_sha256: str,
+    sample: Path,
+    token: str,
+    timeout: float = 180,
+    poll: float = 3,
+) -> dict:
     """Wait until the live app serves ``expected_sha256``, then make one real prediction with
     the API ``token`` of a dedicated smoke-test account."""
     deadline, last = time.monotonic() + timeout, "no answer"
@@ -162,9 +171,10 @@ def smoke_test(app_url: str, expected_sha256: str, sample: Path, token: str,
     body, content_type = multipart_image(Path(sample).read_bytes())
     try:
         status, payload = _http(
-            f"{app_url.rstrip('/')}/api/v1/predictions", body,
+            f"{app_url.rstrip('/')}/api/v1/predictions",
+            body,
             {"Content-Type": content_type, "Authorization": f"Bearer {token}"},
-        )  # fmt: skip
+        )
         prediction = json.loads(payload)
     except urllib.error.HTTPError as exc:
         status, payload, prediction = exc.code, exc.read(), {}
@@ -209,8 +219,9 @@ def deploy(
     build = client.build(source_url, version, poll=build_poll)
     release_id = (build.get("release") or {}).get("id")
     try:
-        prediction = smoke_test(app_url, manifest["onnx_sha256"], sample, token,
-                                timeout=smoke_timeout)  # fmt: skip
+        prediction = smoke_test(
+            app_url, manifest["onnx_sha256"], sample, token, timeout=smoke_timeout
+        )
     except DeployError as exc:
         if previous is None:
             raise DeployError(f"{exc}; no earlier release to roll back to") from None

@@ -11,8 +11,12 @@ import os
 import sys
 import urllib.request
 
-ICONS = {"success": ":white_check_mark:", "failure": ":x:", "cancelled": ":warning:",
-         "skipped": ":information_source:"}  # fmt: skip
+ICONS = {
+    "success": ":white_check_mark:",
+    "failure": ":x:",
+    "cancelled": ":warning:",
+    "skipped": ":information_source:",
+}
 
 
 def notify(status: str, message: str) -> list[str]:
@@ -30,9 +34,10 @@ def notify(status: str, message: str) -> list[str]:
     webhook = os.environ.get("SLACK_WEBHOOK_URL", "").strip()
     if webhook:
         request = urllib.request.Request(
-            webhook, data=json.dumps({"text": text}).encode(),
+            webhook,
+            data=json.dumps({"text": text}).encode(),
             headers={"Content-Type": "application/json"},
-        )  # fmt: skip
+        )
         try:
             with urllib.request.urlopen(request, timeout=15):
                 sent.append("slack")

@@ -44,8 +44,9 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
         raise PackageError(f"{app_dir} is not the web app (no Procfile)")
 
     with atomic_directory(out_dir) as staging:
-        shutil.copytree(app_dir, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(*EXCLUDE))  # fmt: skip
+        shutil.copytree(
+            app_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*EXCLUDE)
+        )
         (staging / "model").mkdir()
         for name in ("model.onnx", "model.json"):
             shutil.copy2(bundle_dir / name, staging / "model" / name)
@@ -64,8 +65,9 @@ def app_venv(app_dir: Path = APP_DIR, cache: Path | None = None) -> Path:
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(requirements)],
-                       check=True)  # fmt: skip
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "-r", str(requirements)], check=True
+        )
         (venv / ".complete").touch()
     return venv
 

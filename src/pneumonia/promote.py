@@ -51,8 +51,9 @@ def promote(bundle_dir: Path, app: str | None = None) -> dict:
         with mlflow.start_run(
             tags={"promotion": "true", "git.commit": str(manifest["git"]["commit"])}
         ):
-            info = mlflow.onnx.log_model(onnx.load(str(bundle_dir / "model.onnx")), name="model",
-                                         registered_model_name=name)  # fmt: skip
+            info = mlflow.onnx.log_model(
+                onnx.load(str(bundle_dir / "model.onnx")), name="model", registered_model_name=name
+            )
             mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
         version = client.get_model_version(name, str(info.registered_model_version))
         client.set_model_version_tag(name, version.version, "onnx_sha256", sha256)

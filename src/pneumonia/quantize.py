@@ -150,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"quantize: error: {exc}", file=sys.stderr)
         return 1
     size = (args.out / "model.onnx").stat().st_size / 2**20
-    print(f"quantize: wrote {args.out} (model.onnx {size:.1f} MiB, sha256 "
-          f"{manifest['onnx_sha256'][:12]}...)")  # fmt: skip
+    print(
+        f"quantize: wrote {args.out} (model.onnx {size:.1f} MiB, sha256 "
+        f"{manifest['onnx_sha256'][:12]}...)"
+    )
     return 0
 
 

@@ -146,9 +146,11 @@ def test_errors_are_listed_by_class_most_confident_first(tmp_path):
     from pneumonia.prepare import PreparedSplit
 
     split = PreparedSplit(
-        images=np.zeros((5, 2, 2), np.uint8), labels=np.array([0, 0, 1, 1, 0]),
-        files=["n1.jpeg", "n2.jpeg", "p1.jpeg", "p2.jpeg", "n3.jpeg"], patients=list("abcde"),
-    )  # fmt: skip
+        images=np.zeros((5, 2, 2), np.uint8),
+        labels=np.array([0, 0, 1, 1, 0]),
+        files=["n1.jpeg", "n2.jpeg", "p1.jpeg", "p2.jpeg", "n3.jpeg"],
+        patients=list("abcde"),
+    )
     prob = np.array([0.6, 0.9, 0.1, 0.3, 0.2])
     write_errors(split, prob, 0.5, tmp_path / "errors.csv")
     lines = (tmp_path / "errors.csv").read_text().splitlines()

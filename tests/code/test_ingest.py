@@ -118,18 +118,31 @@ def test_dry_run_writes_nothing(tmp_path, new_batch, small_dataset):
     batch, _ = new_batch
     before = sorted(p.name for p in small_dataset.rglob("*"))
     result = run(
-        [sys.executable, "-m", "pneumonia.ingest", str(batch), "--data-dir", str(small_dataset),
-         "--dry-run"],
-        tmp_path, tool_env(), check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pneumonia.ingest",
+            str(batch),
+            "--data-dir",
+            str(small_dataset),
+            "--dry-run",
+        ],
+        tmp_path,
+        tool_env(),
+        check=False,
+    )
     assert "would add 3 image(s)" in result.stdout
     assert sorted(p.name for p in small_dataset.rglob("*")) == before
 
 
 def test_folder_without_files_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = run([sys.executable, "-m", "pneumonia.ingest", str(tmp_path / "empty")], tmp_path,
-                 tool_env(), check=False)  # fmt: skip
+    result = run(
+        [sys.executable, "-m", "pneumonia.ingest", str(tmp_path / "empty")],
+        tmp_path,
+        tool_env(),
+        check=False,
+    )
     assert result.returncode == 2 and "no files" in result.stderr
 
 

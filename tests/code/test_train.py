@@ -178,10 +178,16 @@ def val_loss_of(model, splits) -> float:
 
 
 TRAIN_PARAMS = {
-    "seed": 0, "lr": 0.001, "batch_size": 8, "epochs": 2, "class_weighting": "balanced",
-    "early_stopping_patience": 3, "label_smoothing": 0.1, "schedule": "cosine",
+    "seed": 0,
+    "lr": 0.001,
+    "batch_size": 8,
+    "epochs": 2,
+    "class_weighting": "balanced",
+    "early_stopping_patience": 3,
+    "label_smoothing": 0.1,
+    "schedule": "cosine",
     "augment": {"crop_scale": 0.7, "gamma": 0.3, "noise": 0.03},
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -212,8 +218,9 @@ def test_select_last_returns_the_last_epoch_and_never_stops_early(small_dataset)
     def on_epoch(record, model):
         seen.append((record["epoch"], val_loss_of(model, splits)))
 
-    model, history, kept = train(build_model("none"), splits["train"], splits["val"], params,
-                                 on_epoch)  # fmt: skip
+    model, history, kept = train(
+        build_model("none"), splits["train"], splits["val"], params, on_epoch
+    )
     assert [r["epoch"] for r in history] == [1, 2, 3] and kept == history[-1]
     # on_epoch saw the model of each epoch (its recorded validation loss), the last is returned
     assert [e for e, _ in seen] == [1, 2, 3]
@@ -241,7 +248,14 @@ def test_unknown_precision_is_refused(small_dataset):
     from pneumonia.train import train
 
     splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
-    params = {"seed": 0, "lr": 0.001, "batch_size": 8, "epochs": 1, "class_weighting": "none",
-              "early_stopping_patience": 1, "precision": "fp16"}  # fmt: skip
+    params = {
+        "seed": 0,
+        "lr": 0.001,
+        "batch_size": 8,
+        "epochs": 1,
+        "class_weighting": "none",
+        "early_stopping_patience": 1,
+        "precision": "fp16",
+    }
     with pytest.raises(ValueError, match="train.precision"):
         train(build_model("none"), splits["train"], splits["val"], params)

@@ -13,9 +13,20 @@ from tests.bundles import calibrated_model, make_bundle, real_images
 from tests.conftest import REPO, copy_subset, run, tool_env
 
 pytestmark = pytest.mark.slow
-METRICS = {"threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8,
-           "precision": 0.9, "f1": 0.9, "roc_auc": 0.9, "n": 10, "tp": 5, "fp": 1, "tn": 3,
-           "fn": 1}  # fmt: skip
+METRICS = {
+    "threshold": 0.5,
+    "accuracy": 0.9,
+    "sensitivity": 0.95,
+    "specificity": 0.8,
+    "precision": 0.9,
+    "f1": 0.9,
+    "roc_auc": 0.9,
+    "n": 10,
+    "tp": 5,
+    "fp": 1,
+    "tn": 3,
+    "fn": 1,
+}
 
 
 def test_training_step_benchmark_runs():
@@ -29,13 +40,32 @@ def test_training_step_benchmark_runs():
 def test_seed_study_runs_and_scores_both_choices_of_weights(tmp_path):
     data = copy_subset(tmp_path / "chest_xray", {"train": 12, "val": 4, "test": 4})
     out = tmp_path / "seeds.json"
-    command = [sys.executable, "bench/seeds.py", "--quick", "--data", str(data), "--seeds", "1",
-               "2", "--precisions", "fp32", "bf16", "--jobs", "2", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "bench/seeds.py",
+        "--quick",
+        "--data",
+        str(data),
+        "--seeds",
+        "1",
+        "2",
+        "--precisions",
+        "fp32",
+        "bf16",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+    ]
     result = run(command, REPO, tool_env())
     assert "| precision | seeds | best_val_loss | last |" in result.stdout
     runs = json.loads(out.read_text())["runs"]
     assert sorted((r["precision"], r["seed"]) for r in runs) == [
-        ("bf16", 1), ("bf16", 2), ("fp32", 1), ("fp32", 2)]  # fmt: skip
+        ("bf16", 1),
+        ("bf16", 2),
+        ("fp32", 1),
+        ("fp32", 2),
+    ]
     for r in runs:
         for choice in ("best_val_loss", "last"):
             assert 0.0 <= r["test"][choice]["accuracy"] <= 1.0
@@ -48,8 +78,13 @@ def write_prepared(folder, size: int) -> None:
     for split in ("train", "test"):
         images = real_images(split, 4, size)
         names = np.array([f"{split}{i}.jpeg" for i in range(len(images))])
-        np.savez(folder / f"{split}.npz", images=images, labels=np.array([0] * 4 + [1] * 4),
-                 files=names, patients=names)  # fmt: skip
+        np.savez(
+            folder / f"{split}.npz",
+            images=images,
+            labels=np.array([0] * 4 + [1] * 4),
+            files=names,
+            patients=names,
+        )
 
 
 def test_inference_and_web_benchmarks_run(tmp_path):
@@ -57,16 +92,27 @@ def test_inference_and_web_benchmarks_run(tmp_path):
     save_checkpoint(model, tmp_path / "model.pt", 64, "none")
     bundle = make_bundle(model, 64, tmp_path / "bundle", METRICS)
     write_prepared(tmp_path / "prepared", 64)
-    command = [sys.executable, "bench/inference.py", "--quick", "--model",
-               str(tmp_path / "model.pt"), "--prepared", str(tmp_path / "prepared")]  # fmt: skip
+    command = [
+        sys.executable,
+        "bench/inference.py",
+        "--quick",
+        "--model",
+        str(tmp_path / "model.pt"),
+        "--prepared",
+        str(tmp_path / "prepared"),
+    ]
     inference = run([*command, "--bundle", str(bundle)], REPO, tool_env())
     assert "| torch eager (fp32, 2 threads) |" in inference.stdout
     assert "| onnxruntime float (served), 1 thread (as served) |" in inference.stdout
     assert "| onnxruntime INT8, 1 thread (as served) |" in inference.stdout
     assert "| onnxruntime INT8 | " in inference.stdout  # its test accuracy
-    profile = run([sys.executable, "bench/request_profile.py", "--quick", "--bundle", str(bundle)],
-                  REPO, tool_env())  # fmt: skip
+    profile = run(
+        [sys.executable, "bench/request_profile.py", "--quick", "--bundle", str(bundle)],
+        REPO,
+        tool_env(),
+    )
     assert "| onnxruntime call (1 thread) |" in profile.stdout and "| **sum** |" in profile.stdout
-    web = run([sys.executable, "bench/web.py", "--quick", "--bundle", str(bundle)], REPO,
-              tool_env())  # fmt: skip
+    web = run(
+        [sys.executable, "bench/web.py", "--quick", "--bundle", str(bundle)], REPO, tool_env()
+    )
     assert "(0 errors)" in web.stdout and "| installed app (venv + app + model) |" in web.stdout

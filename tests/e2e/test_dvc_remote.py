@@ -31,9 +31,12 @@ def test_push_wipe_pull_gives_the_same_bytes(tmp_path, s3_server):
         AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
     )
     s3 = boto3.client(
-        "s3", endpoint_url=s3_server, aws_access_key_id="testing",
-        aws_secret_access_key="testing", region_name="us-east-1",
-    )  # fmt: skip
+        "s3",
+        endpoint_url=s3_server,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket="e2e-bucket")
     run(["dvc", "remote", "modify", "--local", "storage", "url", "s3://e2e-bucket/xray"], repo, env)
     run(["dvc", "remote", "modify", "--local", "storage", "endpointurl", s3_server], repo, env)

@@ -31,14 +31,29 @@ def test_every_stage_leaves_its_outputs(repro):
     for stage in ("prepare", "train", "evaluate", "export"):
         assert f"Running stage '{stage}'" in result.stdout
     for path in (
-        "data/prepared/train.npz", "data/prepared/val.npz", "data/prepared/test.npz",
-        "models/model.pt", "models/mlflow_run.json", "models/bundle/model.onnx",
-        "models/bundle/model.json", "metrics/data.json", "metrics/train.json",
-        "metrics/train_history.csv", "metrics/val.json", "metrics/test.json",
-        "metrics/plots/roc.csv", "metrics/plots/pr.csv", "metrics/plots/confusion.csv",
-        "metrics/figures/roc.png", "metrics/figures/pr.png", "metrics/figures/confusion.png",
-        "metrics/test_errors.csv", "metrics/served.json", "metrics/served_test.csv", "dvc.lock",
-    ):  # fmt: skip
+        "data/prepared/train.npz",
+        "data/prepared/val.npz",
+        "data/prepared/test.npz",
+        "models/model.pt",
+        "models/mlflow_run.json",
+        "models/bundle/model.onnx",
+        "models/bundle/model.json",
+        "metrics/data.json",
+        "metrics/train.json",
+        "metrics/train_history.csv",
+        "metrics/val.json",
+        "metrics/test.json",
+        "metrics/plots/roc.csv",
+        "metrics/plots/pr.csv",
+        "metrics/plots/confusion.csv",
+        "metrics/figures/roc.png",
+        "metrics/figures/pr.png",
+        "metrics/figures/confusion.png",
+        "metrics/test_errors.csv",
+        "metrics/served.json",
+        "metrics/served_test.csv",
+        "dvc.lock",
+    ):
         assert (repo / path).is_file(), path
     assert (repo / "metrics/figures/roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

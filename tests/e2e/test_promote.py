@@ -16,8 +16,11 @@ METRICS = {"threshold": 0.5, "accuracy": 0.9, "sensitivity": 0.95, "specificity"
 
 
 def promote(bundle, env):
-    return run([sys.executable, "-m", "pneumonia.promote", "--bundle", str(bundle), "--app",
-                "xray-test"], bundle.parent, env)  # fmt: skip
+    return run(
+        [sys.executable, "-m", "pneumonia.promote", "--bundle", str(bundle), "--app", "xray-test"],
+        bundle.parent,
+        env,
+    )
 
 
 def test_promotion_moves_the_production_alias(tmp_path, mlflow_server):
@@ -72,6 +75,10 @@ def test_unreachable_tracking_server_is_a_clear_failure(tmp_path):
 
     bundle = make_bundle(calibrated_model(32), 32, tmp_path / "bundle", METRICS)
     env = tool_env(MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}")
-    result = run([sys.executable, "-m", "pneumonia.promote", "--bundle", str(bundle)], tmp_path,
-                 env, check=False)  # fmt: skip
+    result = run(
+        [sys.executable, "-m", "pneumonia.promote", "--bundle", str(bundle)],
+        tmp_path,
+        env,
+        check=False,
+    )
     assert result.returncode == 1 and "is not reachable" in result.stderr

@@ -105,9 +105,16 @@ def test_export_serves_int8_and_records_its_test_accuracy(tmp_path):
     metrics = {**METRICS, "accuracy": 0.75}
     out = tmp_path / "bundle"
     manifest, probability = export(
-        model, SIZE, test.images[:4], metrics, metrics, _int8_params(1.0), out,
-        calibration=real_images("train", 8, SIZE), test_split=test,
-    )  # fmt: skip
+        model,
+        SIZE,
+        test.images[:4],
+        metrics,
+        metrics,
+        _int8_params(1.0),
+        out,
+        calibration=real_images("train", 8, SIZE),
+        test_split=test,
+    )
     quantized = manifest["quantization"]
     bundle = Bundle(out)
     predicted = bundle.probabilities(test.images) >= bundle.threshold
@@ -128,9 +135,17 @@ def test_export_refuses_an_int8_model_that_loses_accuracy(tmp_path):
     (out / "model.json").write_text("the deployed bundle")
     metrics = {**METRICS, "accuracy": 1.0}  # no INT8 model of this net reaches it
     with pytest.raises(QuantizationError, match="export.quantize: none"):
-        export(calibrated_model(SIZE, "per_image"), SIZE, real_images("test", 2, SIZE), metrics,
-               metrics, _int8_params(0.005), out, calibration=real_images("train", 4, SIZE),
-               test_split=_split(8))  # fmt: skip
+        export(
+            calibrated_model(SIZE, "per_image"),
+            SIZE,
+            real_images("test", 2, SIZE),
+            metrics,
+            metrics,
+            _int8_params(0.005),
+            out,
+            calibration=real_images("train", 4, SIZE),
+            test_split=_split(8),
+        )
     assert [p.name for p in out.iterdir()] == ["model.json"]
     assert (out / "model.json").read_text() == "the deployed bundle"
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"], "no staging folder left"
@@ -138,6 +153,13 @@ def test_export_refuses_an_int8_model_that_loses_accuracy(tmp_path):
 
 def test_export_rejects_an_unknown_quantization(tmp_path):
     with pytest.raises(ValueError, match="none or int8"):
-        export(calibrated_model(SIZE), SIZE, real_images("test", 2, SIZE), METRICS, METRICS,
-               _int8_params(0.005, "fp16"), tmp_path / "bundle")  # fmt: skip
+        export(
+            calibrated_model(SIZE),
+            SIZE,
+            real_images("test", 2, SIZE),
+            METRICS,
+            METRICS,
+            _int8_params(0.005, "fp16"),
+            tmp_path / "bundle",
+        )
     assert not (tmp_path / "bundle").exists()

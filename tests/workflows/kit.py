@@ -24,7 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HOME = REPO / ".cache" / "act"
-MIRRORS = Path(os.environ.get("MIRRORS") or REPO.parent / ".mirror")
+# $MIRRORS, else the nearest .mirror folder beside the checkout or above it
+MIRRORS = Path(
+    os.environ.get("MIRRORS")
+    or next((d / ".mirror" for d in REPO.parents if (d / ".mirror").is_dir()), REPO.parent)
+)
 CML_VERSION = "v0.20.6"
 
 
@@ -58,15 +62,17 @@ def write_tree(git_dir: Path, ref: str, dest: Path) -> None:
     dest.mkdir(parents=True)
     listing = subprocess.run(
         ["git", "--git-dir", str(git_dir), "ls-tree", "-r", "-z", ref],
-        capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     for entry in filter(None, listing.split("\0")):
         meta, path = entry.split("\t", 1)
         mode, kind, sha = meta.split()
         if kind != "blob":
             continue
-        blob = subprocess.run(["git", "--git-dir", str(git_dir), "cat-file", "blob", sha],
-                              capture_output=True)  # fmt: skip
+        blob = subprocess.run(
+            ["git", "--git-dir", str(git_dir), "cat-file", "blob", sha], capture_output=True
+        )
         if blob.returncode != 0:
             raise KitMissing(f"the mirror {git_dir} lacks {path} at {ref}")
         target = dest / path
@@ -87,8 +93,11 @@ def tool_cache(dest: Path) -> Path:
     node = shutil.which("node")
     if not node:
         raise KitMissing("node is not installed (Debian: apt-get install nodejs npm)")
-    node_version = subprocess.run([node, "--version"], capture_output=True, text=True,
-                                  check=True).stdout.strip().lstrip("v")  # fmt: skip
+    node_version = (
+        subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .lstrip("v")
+    )
     (dest / "Python" / version).mkdir(parents=True, exist_ok=True)
     link = dest / "Python" / version / "x64"
     if not link.exists():
@@ -109,8 +118,19 @@ def build_cml(dest: Path, node_bin: Path) -> None:
     if not (dest / ".built").exists():
         write_tree(mirror("iterative/cml"), CML_VERSION, dest)
         # --ignore-scripts: the only install script is ssh2's optional native build
-        subprocess.run(["npm", "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund",
-                        "--loglevel=error"], cwd=dest, check=True)  # fmt: skip
+        subprocess.run(
+            [
+                "npm",
+                "ci",
+                "--omit=dev",
+                "--ignore-scripts",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ],
+            cwd=dest,
+            check=True,
+        )
         (dest / ".built").touch()
     wrapper = node_bin / "cml"
     wrapper.write_text(f'#!/bin/sh\nexec node "{dest}/bin/cml.js" "$@"\n')
@@ -139,9 +159,19 @@ def prepare() -> dict:
     return {
         "act": act,
         "args": [
-            "-P", "ubuntu-24.04=-self-hosted", "-P", "ubuntu-latest=-self-hosted",
-            "--action-offline-mode", "--action-cache-path", str(action_cache),
-            "--defaultbranch", "main", *local,
-            "--env", f"AGENT_TOOLSDIRECTORY={tools}", "--env", "PIP_RETRIES=0",
+            "-P",
+            "ubuntu-24.04=-self-hosted",
+            "-P",
+            "ubuntu-latest=-self-hosted",
+            "--action-offline-mode",
+            "--action-cache-path",
+            str(action_cache),
+            "--defaultbranch",
+            "main",
+            *local,
+            "--env",
+            f"AGENT_TOOLSDIRECTORY={tools}",
+            "--env",
+            "PIP_RETRIES=0",
         ],
-    }  # fmt: skip
+    }

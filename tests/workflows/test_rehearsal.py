@@ -68,22 +68,35 @@ def git(cwd: Path, *args: str) -> str:
 class Rehearsal:
     """The project as a team would have it: origin, a maintainer's clone, and the services."""
 
-    def __init__(self, work: Path, kit: dict, s3: str, mlflow: str, github: FakeGitHub,
-                 heroku: FakeHeroku, smoke_token: str):  # fmt: skip
+    def __init__(
+        self,
+        work: Path,
+        kit: dict,
+        s3: str,
+        mlflow: str,
+        github: FakeGitHub,
+        heroku: FakeHeroku,
+        smoke_token: str,
+    ):
         self.work, self.kit, self.s3, self.mlflow = work, kit, s3, mlflow
         self.github, self.heroku, self.smoke_token = github, heroku, smoke_token
         self.origin = work / "origin.git"
         self.clone = work / "maintainer"
         self.runs = 0
         self.env = tool_env(
-            AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=s3, MLFLOW_TRACKING_URI=mlflow,
-            MLFLOW_TRACKING_USERNAME=MLFLOW_USER, MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD,
-        )  # fmt: skip
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_ENDPOINT_URL_S3=s3,
+            MLFLOW_TRACKING_URI=mlflow,
+            MLFLOW_TRACKING_USERNAME=MLFLOW_USER,
+            MLFLOW_TRACKING_PASSWORD=MLFLOW_PASSWORD,
+        )
 
     def sh(self, *cmd: str, cwd: Path | None = None) -> str:
-        result = subprocess.run(cmd, cwd=cwd or self.clone, env=self.env, capture_output=True,
-                                text=True)  # fmt: skip
+        result = subprocess.run(
+            cmd, cwd=cwd or self.clone, env=self.env, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)}:\n{result.stdout[-3000:]}\n{result.stderr}")
         return result.stdout
@@ -123,9 +136,13 @@ class Rehearsal:
             f.write("/.venv\n")
         import boto3
 
-        boto3.client("s3", endpoint_url=self.s3, region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing"
-                     ).create_bucket(Bucket=BUCKET)  # fmt: skip
+        boto3.client(
+            "s3",
+            endpoint_url=self.s3,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=BUCKET)
         self.sh(str(BIN / "dvc"), "push", "-q", "chest_xray.dvc")
         git(self.work, "init", "-q", "--bare", "-b", "main", str(self.origin))
         git(root, "remote", "add", "origin", str(self.origin))
@@ -155,36 +172,82 @@ class Rehearsal:
         git(run, "checkout", "-q", ref)
         (run / ".venv").symlink_to(REPO / ".venv")
         event_file = run.parent / f"{self.runs:02d}-event.json"
-        repository = {"name": "pneumonia", "full_name": OWNER_REPO, "default_branch": "main",
-                      "owner": {"login": "local"}}  # fmt: skip
+        repository = {
+            "name": "pneumonia",
+            "full_name": OWNER_REPO,
+            "default_branch": "main",
+            "owner": {"login": "local"},
+        }
         event_file.write_text(json.dumps({**payload, "repository": repository}))
         command = [
-            str(self.kit["act"]), event, "-W", f".github/workflows/{workflow}.yml",
-            "-e", str(event_file), *self.kit["args"],
-            "--cache-server-path", str(self.work / "act-cache-server"),
-            "--cache-server-addr", "127.0.0.1",
-            "--github-instance", self.github.host,
-            "--env", f"GITHUB_REPOSITORY={OWNER_REPO}", "--env", f"GITHUB_RUN_ID={100 + self.runs}",
-            "--env", f"AWS_ENDPOINT_URL_S3={self.s3}", "--env", "AWS_DEFAULT_REGION=us-east-1",
-            "--env", f"HEROKU_API_URL={self.heroku.url}",
-            "--env", f"REQUESTS_CA_BUNDLE={self.github.ca}",
-            "--env", f"NODE_EXTRA_CA_CERTS={self.github.ca}",
-            "--env", f"CML_COMMENT_PUBLISH_URL={self.github.url}/_asset",
-            "--env", "ITERATIVE_DO_NOT_TRACK=1", "--env", "NODE_OPTIONS=--no-experimental-fetch",
-            "--env", "PYTHONPATH=src",  # the code of this checkout, not the venv's editable one
-            "-s", "AWS_ACCESS_KEY_ID=testing", "-s", "AWS_SECRET_ACCESS_KEY=testing",
-            "-s", f"MLFLOW_TRACKING_URI={self.mlflow}",
-            "-s", f"MLFLOW_TRACKING_USERNAME={MLFLOW_USER}",
-            "-s", f"MLFLOW_TRACKING_PASSWORD={MLFLOW_PASSWORD}",
-            "-s", f"GITHUB_TOKEN={self.github.token}",
-            "-s", f"RETRAIN_PR_TOKEN={self.github.token}",
-            "-s", f"HEROKU_API_KEY={self.heroku.api_key}",
-            "-s", f"HEROKU_SMOKE_TEST_TOKEN={self.smoke_token}", "-s", "SLACK_WEBHOOK_URL=",
-            "--var", f"HEROKU_APP_NAME={APP}",
-        ]  # fmt: skip
+            str(self.kit["act"]),
+            event,
+            "-W",
+            f".github/workflows/{workflow}.yml",
+            "-e",
+            str(event_file),
+            *self.kit["args"],
+            "--cache-server-path",
+            str(self.work / "act-cache-server"),
+            "--cache-server-addr",
+            "127.0.0.1",
+            "--github-instance",
+            self.github.host,
+            "--env",
+            f"GITHUB_REPOSITORY={OWNER_REPO}",
+            "--env",
+            f"GITHUB_RUN_ID={100 + self.runs}",
+            "--env",
+            f"AWS_ENDPOINT_URL_S3={self.s3}",
+            "--env",
+            "AWS_DEFAULT_REGION=us-east-1",
+            "--env",
+            f"HEROKU_API_URL={self.heroku.url}",
+            "--env",
+            f"REQUESTS_CA_BUNDLE={self.github.ca}",
+            "--env",
+            f"NODE_EXTRA_CA_CERTS={self.github.ca}",
+            "--env",
+            f"CML_COMMENT_PUBLISH_URL={self.github.url}/_asset",
+            "--env",
+            "ITERATIVE_DO_NOT_TRACK=1",
+            "--env",
+            "NODE_OPTIONS=--no-experimental-fetch",
+            "--env",
+            "PYTHONPATH=src",  # the code of this checkout, not the venv's editable one
+            "-s",
+            "AWS_ACCESS_KEY_ID=testing",
+            "-s",
+            "AWS_SECRET_ACCESS_KEY=testing",
+            "-s",
+            f"MLFLOW_TRACKING_URI={self.mlflow}",
+            "-s",
+            f"MLFLOW_TRACKING_USERNAME={MLFLOW_USER}",
+            "-s",
+            f"MLFLOW_TRACKING_PASSWORD={MLFLOW_PASSWORD}",
+            "-s",
+            f"GITHUB_TOKEN={self.github.token}",
+            "-s",
+            f"RETRAIN_PR_TOKEN={self.github.token}",
+            "-s",
+            f"HEROKU_API_KEY={self.heroku.api_key}",
+            "-s",
+            f"HEROKU_SMOKE_TEST_TOKEN={self.smoke_token}",
+            "-s",
+            "SLACK_WEBHOOK_URL=",
+            "--var",
+            f"HEROKU_APP_NAME={APP}",
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_"))}
-        result = subprocess.run(command, cwd=run, env=env, capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL, timeout=1200)  # fmt: skip
+        result = subprocess.run(
+            command,
+            cwd=run,
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=1200,
+        )
         log = result.stdout + result.stderr
         (run.parent / f"{self.runs:02d}-{workflow}.log").write_text(log)
         return result.returncode, log
@@ -225,15 +288,27 @@ def heroku(tmp_path_factory):
     admin = "postgresql://postgres@127.0.0.1:5432/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
-    host = AppHost(work / "slugs", app_venv(REPO / "django_app", REPO / ".cache"), {
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "ALLOWED_HOSTS": "localhost,127.0.0.1",
-        "DJANGO_SSL_REDIRECT": "0",
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-    }, free_port())  # fmt: skip
+    host = AppHost(
+        work / "slugs",
+        app_venv(REPO / "django_app", REPO / ".cache"),
+        {
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+            "ALLOWED_HOSTS": "localhost,127.0.0.1",
+            "DJANGO_SSL_REDIRECT": "0",
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        },
+        free_port(),
+    )
     host.manage(REPO / "django_app", "migrate", "--noinput")
-    made = host.manage(REPO / "django_app", "add_clinician", "smoke-test", "--password-stdin",
-                       "--api-token", "deploy", stdin="Rehearsal-Smoke-2026\n")  # fmt: skip
+    made = host.manage(
+        REPO / "django_app",
+        "add_clinician",
+        "smoke-test",
+        "--password-stdin",
+        "--api-token",
+        "deploy",
+        stdin="Rehearsal-Smoke-2026\n",
+    )
     token = made.split("store it now): ")[1].strip()
     fake = FakeHeroku(APP, api_key=SECRET, host=host)
     try:
@@ -264,8 +339,13 @@ def remote_has(rehearsal: Rehearsal, md5: str) -> bool:
     """Whether the DVC remote (moto) holds the object with this md5 (a .dir listing too)."""
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=rehearsal.s3, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=rehearsal.s3,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     key = f"chest-xray/files/md5/{md5[:2]}/{md5[2:]}"
     return s3.list_objects_v2(Bucket=BUCKET, Prefix=key)["KeyCount"] > 0
 
@@ -299,8 +379,9 @@ def test_data_drop_without_a_model_opens_the_first_retrain_pr(rehearsal, github)
     assert f"Superseded by #{pr.number}" in github.comments_on(older)[0].body
     assert "## Model report" in pr.body and "first champion" in pr.body
     assert pr.labels == [], "the first champion passes the gate"
-    branch_lock = git(rehearsal.work, "--git-dir", str(rehearsal.origin), "show",
-                      f"{pr.head}:dvc.lock")  # fmt: skip
+    branch_lock = git(
+        rehearsal.work, "--git-dir", str(rehearsal.origin), "show", f"{pr.head}:dvc.lock"
+    )
     assert remote_has(rehearsal, bundle_md5(branch_lock)), "the new bundle is in the DVC remote"
     from mlflow import MlflowClient
 
@@ -312,9 +393,14 @@ def test_data_drop_without_a_model_opens_the_first_retrain_pr(rehearsal, github)
 
 def test_pr_review_posts_one_report_comment_updated_in_place(rehearsal, github):
     pr = STATE["pr"]
-    payload = {"number": pr.number, "pull_request": {
-        "number": pr.number, "head": {"ref": pr.head, "sha": pr.head_sha},
-        "base": {"ref": "main", "sha": git(rehearsal.clone, "rev-parse", "main")}}}  # fmt: skip
+    payload = {
+        "number": pr.number,
+        "pull_request": {
+            "number": pr.number,
+            "head": {"ref": pr.head, "sha": pr.head_sha},
+            "base": {"ref": "main", "sha": git(rehearsal.clone, "rev-parse", "main")},
+        },
+    }
     code, log = rehearsal.act("pr-review", "pull_request", pr.head_sha, payload)
     assert code == 0, log[-6000:]
     (comment,) = github.comments_on(pr.number)
@@ -363,8 +449,16 @@ def test_scheduled_run_with_nothing_new_opens_no_pr(rehearsal, github):
     code, log = rehearsal.act("retrain", "schedule", "main", {"schedule": "17 3 * * *"})
     assert code == 0, log[-6000:]
     assert "Nothing changed (data " in log and len(github.pulls) == before
-    assert "retrain/" not in git(rehearsal.work, "--git-dir", str(rehearsal.origin), "branch",
-                                 "--list", "retrain/*", "--contains", "main")  # fmt: skip
+    assert "retrain/" not in git(
+        rehearsal.work,
+        "--git-dir",
+        str(rehearsal.origin),
+        "branch",
+        "--list",
+        "retrain/*",
+        "--contains",
+        "main",
+    )
 
 
 def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal, github):
@@ -377,8 +471,14 @@ def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal,
     rehearsal.sh(str(BIN / "dvc"), "push", "-q")
     sha = rehearsal.commit_and_push("Temperature scaling instead of Platt", branch="calibration")
     number = github.add_pull("calibration", sha)
-    payload = {"number": number, "pull_request": {"number": number,
-               "head": {"ref": "calibration", "sha": sha}, "base": {"ref": "main"}}}  # fmt: skip
+    payload = {
+        "number": number,
+        "pull_request": {
+            "number": number,
+            "head": {"ref": "calibration", "sha": sha},
+            "base": {"ref": "main"},
+        },
+    }
     code, log = rehearsal.act("pr-review", "pull_request", sha, payload)
     assert code != 0, "the gate is the job's status"
     assert "gate: FAIL" in log and "(+0.0000; must be > +0.0000)" in log

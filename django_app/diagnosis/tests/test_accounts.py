@@ -200,9 +200,15 @@ def test_deactivated_users_tokens_stop_working(clinician):
 def test_staff_create_clinicians_in_the_admin_with_the_password_rules(staff):
     admin = Client()
     admin.force_login(staff)
-    weak = admin.post("/admin/auth/user/add/", {
-        "username": "dr_new", "password1": "dr_new123", "password2": "dr_new123",
-        "usable_password": "true"})  # fmt: skip
+    weak = admin.post(
+        "/admin/auth/user/add/",
+        {
+            "username": "dr_new",
+            "password1": "dr_new123",
+            "password2": "dr_new123",
+            "usable_password": "true",
+        },
+    )
     assert weak.status_code == 200 and "too similar to the username" in weak.content.decode()
     assert not get_user_model().objects.filter(username="dr_new").exists()
     good = "Radiograph-Review-9"

@@ -24,8 +24,9 @@ def consented(clinician, samples):
     """Three predictions with feedback: two with consent (NORMAL, PNEUMONIA), one without."""
     client = logged_in(clinician)
     made = [predict_api(client, samples[i].read_bytes()) for i in range(3)]
-    for m, label, consent in zip(made, ["NORMAL", "PNEUMONIA", "NORMAL"], [True, True, False],
-                                 strict=True):  # fmt: skip
+    for m, label, consent in zip(
+        made, ["NORMAL", "PNEUMONIA", "NORMAL"], [True, True, False], strict=True
+    ):
         assert feedback_api(client, m["id"], true_label=label, consent=consent).status_code == 201
     return client
 
@@ -94,21 +95,26 @@ def test_staff_export_a_zip_from_the_admin(consented, staff, clinician, tmp_path
     admin = Client()
     admin.force_login(staff)
     ids = list(Feedback.objects.values_list("pk", flat=True))
-    response = admin.post("/admin/diagnosis/feedback/", {
-        "action": "export_consented", "_selected_action": ids})  # fmt: skip
+    response = admin.post(
+        "/admin/diagnosis/feedback/", {"action": "export_consented", "_selected_action": ids}
+    )
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
     record = DatasetExport.objects.get()
     assert len(names) == 2 and all(n.startswith(f"{record.name}/") for n in names)
     assert record.created_by == "head_nurse"
-    again = admin.post("/admin/diagnosis/feedback/", {
-        "action": "export_consented", "_selected_action": ids}, follow=True)  # fmt: skip
+    again = admin.post(
+        "/admin/diagnosis/feedback/",
+        {"action": "export_consented", "_selected_action": ids},
+        follow=True,
+    )
     assert "Nothing to export" in again.content.decode()
     # A clinician who is not staff cannot reach the action at all.
     plain = Client()
     plain.force_login(clinician)
-    denied = plain.post("/admin/diagnosis/feedback/", {
-        "action": "export_consented", "_selected_action": ids})  # fmt: skip
+    denied = plain.post(
+        "/admin/diagnosis/feedback/", {"action": "export_consented", "_selected_action": ids}
+    )
     assert denied.status_code == 302 and "/admin/login/" in denied["Location"]
 
 
@@ -123,17 +129,21 @@ def test_feedback_to_export_to_ingest_makes_a_new_data_version(consented, tmp_pa
     before = yaml.safe_load((repo / "chest_xray.dvc").read_text())["outs"][0]["md5"]
     export(tmp_path / "exports")
     (folder,) = list((tmp_path / "exports").iterdir())
-    result = run([sys.executable, "-m", "pneumonia.ingest", str(folder)], repo, tool_env(),
-                 check=False)  # fmt: skip
+    result = run(
+        [sys.executable, "-m", "pneumonia.ingest", str(folder)], repo, tool_env(), check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     after = yaml.safe_load((repo / "chest_xray.dvc").read_text())["outs"][0]
     assert after["md5"] != before and after["nfiles"] == 4 * 2 + 2 * 2 + 2 * 2 + 2
-    added = sorted(p.relative_to(repo / "data" / "chest_xray").as_posix()
-                   for p in (repo / "data" / "chest_xray").rglob("fb-*"))  # fmt: skip
+    added = sorted(
+        p.relative_to(repo / "data" / "chest_xray").as_posix()
+        for p in (repo / "data" / "chest_xray").rglob("fb-*")
+    )
     assert [a.rsplit("/", 1)[0] for a in added] == ["train/NORMAL", "train/PNEUMONIA"]
     # Exporting again adds nothing, and ingesting the same folder again adds nothing either.
     assert "nothing to export" in export(tmp_path / "exports")
-    again = run([sys.executable, "-m", "pneumonia.ingest", str(folder)], repo, tool_env(),
-                check=False)  # fmt: skip
+    again = run(
+        [sys.executable, "-m", "pneumonia.ingest", str(folder)], repo, tool_env(), check=False
+    )
     assert yaml.safe_load((repo / "chest_xray.dvc").read_text())["outs"][0]["md5"] == after["md5"]
     assert again.returncode == 0

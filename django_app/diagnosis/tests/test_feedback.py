@@ -27,8 +27,7 @@ def predict_api(client, data: bytes, name="x.jpeg", content_type="image/jpeg"):
 
 
 def feedback_api(client, pid, **body):
-    return client.post(f"/api/v1/predictions/{pid}/feedback", body,
-                       content_type="application/json")  # fmt: skip
+    return client.post(f"/api/v1/predictions/{pid}/feedback", body, content_type="application/json")
 
 
 def stored_files(folder):

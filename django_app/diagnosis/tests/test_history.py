@@ -43,13 +43,20 @@ def make_predictions(user, n: int, start=None, label_every: int = 3):
     start = start or timezone.now() - timedelta(days=n)
     return Prediction.objects.bulk_create(
         Prediction(
-            user=user, source="api", model_version="v1", model_sha256="0" * 64,
-            label="PNEUMONIA" if i % label_every == 0 else "NORMAL", probability=i / n,
-            threshold=0.5, image_sha256=f"{i:064x}", image_width=100, image_height=100,
+            user=user,
+            source="api",
+            model_version="v1",
+            model_sha256="0" * 64,
+            label="PNEUMONIA" if i % label_every == 0 else "NORMAL",
+            probability=i / n,
+            threshold=0.5,
+            image_sha256=f"{i:064x}",
+            image_width=100,
+            image_height=100,
             created_at=start + timedelta(days=i),
         )
         for i in range(n)
-    )  # fmt: skip
+    )
 
 
 def test_history_is_paginated_newest_first(clinician):
@@ -89,10 +96,14 @@ def test_history_filters_by_label_and_date(clinician):
     assert "label=PNEUMONIA&amp;page=2" in page
 
 
-@pytest.mark.parametrize("query, words", [
-    ("label=COVID", "Unknown label"), ("date_from=yesterday", "not a date"),
-    ("date_to=2026-13-45", "not a date"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "query, words",
+    [
+        ("label=COVID", "Unknown label"),
+        ("date_from=yesterday", "not a date"),
+        ("date_to=2026-13-45", "not a date"),
+    ],
+)
 def test_bad_filters_are_explained(clinician, query, words):
     client = logged_in(clinician)
     api = client.get(f"/api/v1/predictions?{query}")
@@ -101,8 +112,7 @@ def test_bad_filters_are_explained(clinician, query, words):
     assert page.status_code == 400 and words in page.content.decode()
 
 
-def test_staff_see_everyones_history_and_can_filter_by_clinician(clinician, other_clinician,
-                                                                 staff):  # fmt: skip
+def test_staff_see_everyones_history_and_can_filter_by_clinician(clinician, other_clinician, staff):
     make_predictions(clinician, 4)
     make_predictions(other_clinician, 3)
     assert logged_in(clinician).get("/api/v1/predictions").json()["count"] == 4

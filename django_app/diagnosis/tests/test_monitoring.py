@@ -16,10 +16,18 @@ pytestmark = pytest.mark.django_db
 
 def predict(user, when, label, probability, version="v1"):
     return Prediction.objects.create(
-        user=user, source="web", model_version=version, model_sha256="0" * 64, label=label,
-        probability=probability, threshold=0.5, image_sha256="1" * 64, image_width=10,
-        image_height=10, created_at=when,
-    )  # fmt: skip
+        user=user,
+        source="web",
+        model_version=version,
+        model_sha256="0" * 64,
+        label=label,
+        probability=probability,
+        threshold=0.5,
+        image_sha256="1" * 64,
+        image_width=10,
+        image_height=10,
+        created_at=when,
+    )
 
 
 def test_summary_counts_volume_share_histogram_and_agreement(clinician):

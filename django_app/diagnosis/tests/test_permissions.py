@@ -78,8 +78,11 @@ def test_history_pages_show_only_what_the_user_may_see(world, clinician):
 
 def test_api_routes(world):
     pid, heatmap = world["id"], world["heatmap"]
-    for who, detail, heat, listed in (("other", 404, 404, 0), ("owner", 200, 200, 1),
-                                      ("staff", 200, 404, 1)):  # fmt: skip
+    for who, detail, heat, listed in (
+        ("other", 404, 404, 0),
+        ("owner", 200, 200, 1),
+        ("staff", 200, 404, 1),
+    ):
         client = world[who]
         assert client.get(f"/api/v1/predictions/{pid}").status_code == detail, who
         assert client.get(heatmap).status_code == heat, who  # heat maps: their maker only

@@ -87,9 +87,16 @@ def test_form_upload_of_a_real_xray_shows_the_result(client, samples):
 
 
 BAD = [
-    "empty", "not an image", "truncated jpeg", "pdf renamed .jpg", "svg renamed .jpg",
-    "over 10 MB", "decompression bomb", "tiny 10x10", "gif",
-]  # fmt: skip
+    "empty",
+    "not an image",
+    "truncated jpeg",
+    "pdf renamed .jpg",
+    "svg renamed .jpg",
+    "over 10 MB",
+    "decompression bomb",
+    "tiny 10x10",
+    "gif",
+]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -140,8 +147,11 @@ def test_api_returns_the_prediction_and_a_working_heatmap_link(client, samples):
         body["probability"] >= 0.5
     )
     model = inference.get_model()
-    assert body["model"] == {"name": model.manifest["name"], "version": model.version,
-                             "sha256": model.sha256}  # fmt: skip
+    assert body["model"] == {
+        "name": model.manifest["name"],
+        "version": model.version,
+        "sha256": model.sha256,
+    }
     path = body["heatmap_url"].split("testserver", 1)[1]
     heatmap = client.get(path)
     assert heatmap.status_code == 200 and heatmap["Content-Type"] == "image/jpeg"
