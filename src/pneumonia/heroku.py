@@ -19,15 +19,14 @@ import argparse
 import io
 import json
 import os
-import secrets
 import sys
 import tarfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import requests
 
 API = os.environ.get("HEROKU_API_URL", "https://api.heroku.com")
 
@@ -43,30 +42,33 @@ class HerokuClient:
                 "HEROKU_API_KEY is not set: create one with `heroku authorizations:create` (or in "
                 "Account settings > API key) and store it as the repository secret HEROKU_API_KEY"
             )
-        self.app, self.api_key, self.base_url, self.timeout = app, api_key, base_url, timeout
+        self.app, self.base_url, self.timeout = app, base_url, timeout
+        self.session = requests.Session()
+        self.session.headers.update(
+            {
+                "Accept": "application/vnd.heroku+json; version=3",
+                "Authorization": f"Bearer {api_key}",
+            }
+        )
 
     def request(
         self, method: str, path: str, body: dict | None = None, headers: dict | None = None
     ) -> Any:
-        request = urllib.request.Request(
-            self.base_url.rstrip("/") + path,
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={
-                "Accept": "application/vnd.heroku+json; version=3",
-                "Authorization": f"Bearer {self.api_key}",
-                "Content-Type": "application/json",
-                **(headers or {}),
-            },
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            raise DeployError(f"Heroku API {method} {path} answered {exc.code}: {detail}") from None
-        except OSError as exc:
+            response = self.session.request(
+                method,
+                self.base_url.rstrip("/") + path,
+                json=body,
+                headers=headers,
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
             raise DeployError(f"Heroku API {method} {path} unreachable: {exc}") from None
+        if not response.ok:
+            raise DeployError(
+                f"Heroku API {method} {path} answered {response.status_code}: {response.text[:500]}"
+            )
+        return response.json() if response.content else None
 
     def web_url(self) -> str:
         """The app's public URL as Heroku reports it (``web_url`` of ``GET /apps/{app}``)."""
@@ -86,13 +88,11 @@ class HerokuClient:
 
     def upload_source(self, tarball: bytes) -> str:
         blob = self.request("POST", "/sources")["source_blob"]
-        put = urllib.request.Request(
-            blob["put_url"], data=tarball, method="PUT", headers={"Content-Type": ""}
-        )
-        try:
-            with urllib.request.urlopen(put, timeout=120):
-                pass
-        except OSError as exc:
+        try:  # a presigned URL: no API headers, an empty Content-Type (Heroku's docs)
+            requests.put(
+                blob["put_url"], data=tarball, headers={"Content-Type": ""}, timeout=120
+            ).raise_for_status()
+        except requests.RequestException as exc:
             raise DeployError(f"uploading the source tarball failed: {exc}") from None
         return blob["get_url"]
 
@@ -128,23 +128,6 @@ def make_tarball(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def _http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 30):
-    request = urllib.request.Request(url, data=data, headers=headers or {})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return response.status, response.read()
-
-
-def multipart_image(image: bytes, field: str = "image") -> tuple[bytes, str]:
-    """A multipart/form-data body holding one JPEG file; returns (body, content type)."""
-    boundary = secrets.token_hex(12)
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-        'filename="upload.jpeg"\r\nContent-Type: image/jpeg\r\n\r\n'
-    )
-    body = head.encode() + image + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 def smoke_test(
     app_url: str,
     expected_sha256: str,
@@ -156,30 +139,32 @@ def smoke_test(
     """Wait until the live app serves ``expected_sha256``, then make one real prediction with
     the API ``token`` of a dedicated smoke-test account."""
     deadline, last = time.monotonic() + timeout, "no answer"
+    base = app_url.rstrip("/")
     while True:
         try:
-            _, body = _http(f"{app_url.rstrip('/')}/health", timeout=15)
-            health = json.loads(body)
+            health = requests.get(f"{base}/health", timeout=15).json()
             if health.get("sha256") == expected_sha256:
                 break
             last = f"/health reports model sha256 {health.get('sha256')}"
-        except (OSError, ValueError) as exc:
+        except (requests.RequestException, ValueError) as exc:
             last = f"/health failed: {exc}"
         if time.monotonic() > deadline:
             raise DeployError(f"smoke test: the app never served sha256 {expected_sha256}: {last}")
         time.sleep(poll)
-    body, content_type = multipart_image(Path(sample).read_bytes())
     try:
-        status, payload = _http(
-            f"{app_url.rstrip('/')}/api/v1/predictions",
-            body,
-            {"Content-Type": content_type, "Authorization": f"Bearer {token}"},
+        response = requests.post(
+            f"{base}/api/v1/predictions",
+            files={"image": ("upload.jpeg", Path(sample).read_bytes(), "image/jpeg")},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
         )
-        prediction = json.loads(payload)
-    except urllib.error.HTTPError as exc:
-        status, payload, prediction = exc.code, exc.read(), {}
-    except (OSError, ValueError) as exc:
+    except requests.RequestException as exc:
         raise DeployError(f"smoke test: the prediction request failed: {exc}") from None
+    status, payload = response.status_code, response.content
+    try:
+        prediction = response.json() if response.ok else {}
+    except ValueError:
+        prediction = {}
     if status == 401:
         raise DeployError(
             "smoke test: the app refused the API token (401). Create one for a smoke-test account "

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from pneumonia.heroku import multipart_image
 from pneumonia.package import app_venv, package_app
 from tests.conftest import free_port, stop
 
@@ -45,6 +44,18 @@ def get(url: str, headers: dict | None = None, data: bytes | None = None, timeou
     request = urllib.request.Request(url, data=data, headers=headers or {})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return response.status, dict(response.headers), response.read()
+
+
+def multipart_image(image: bytes, field: str = "image") -> tuple[bytes, str]:
+    """A multipart/form-data body holding one JPEG file; returns (body, content type)."""
+    boundary = secrets.token_hex(12)
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+        'filename="upload.jpeg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    )
+    return head.encode() + image + f"\r\n--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
 
 
 HTTPS = {"X-Forwarded-Proto": "https"}  # what Heroku's router adds in front of the dyno
