@@ -14,7 +14,7 @@ COLOUR = "#1f5f8b"
 
 
 def _frame(title: str, y_max: float, y_format: str, body: list[str], x_labels) -> SafeString:
-    inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    inner_h = HEIGHT - TOP - BOTTOM
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'class="chart" aria-label="{escape(title)}"><title>{escape(title)}</title>'
@@ -40,7 +40,6 @@ def _frame(title: str, y_max: float, y_format: str, body: list[str], x_labels) -
         f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + inner_h}" '
         f'y2="{TOP + inner_h}" stroke="#888" stroke-width="1"/></svg>'
     )
-    del inner_w
     return mark_safe("".join(parts))  # every text in it went through escape()
 
 

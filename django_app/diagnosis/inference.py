@@ -169,30 +169,24 @@ def to_jpeg(image: Image.Image) -> bytes:
 
 
 _model: ServedModel | None = None
-_error: str | None = None
 _lock = threading.Lock()
 
 
 def get_model() -> ServedModel:
     """The process's model, loaded on first use; raises ``ModelUnavailable``."""
-    global _model, _error
+    global _model
     if _model is None:
         with _lock:
             if _model is None:
-                try:
-                    _model = ServedModel(Path(settings.MODEL_DIR))
-                    _error = None
-                except ModelUnavailable as exc:
-                    _error = str(exc)
-                    raise
+                _model = ServedModel(Path(settings.MODEL_DIR))
     return _model
 
 
 def reset() -> None:
     """Forget the loaded model (tests switch MODEL_DIR)."""
-    global _model, _error
+    global _model
     with _lock:
-        _model, _error = None, None
+        _model = None
 
 
 def warm_up() -> None:
