@@ -159,7 +159,8 @@ def rescore_champion(
         except Exception as exc:  # DVC raises a variety of errors for missing data
             raise MetricsError(
                 f"cannot fetch the champion's models/bundle at {base} to re-score it on the new "
-                f"test data ({exc.__class__.__name__}: {exc}); is the DVC remote reachable?"
+                f"test data ({exc.__class__.__name__}: {exc}); is the DVC remote reachable, and "
+                "does it hold main's model? (`dvc push` from the machine that trained it)"
             ) from exc
         bundle = Bundle(Path(tmp) / "bundle")
         missing = [f for f in files if not (root / "data" / "chest_xray" / f).is_file()]
