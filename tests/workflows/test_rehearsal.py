@@ -10,8 +10,8 @@ The scenarios build on each other, in this order: a data drop with no model yet 
 retrain pull request (and closes an older one); its review posts one report comment, updated in
 place by a second push; merging it deploys the first champion (smoke test through web_url,
 MLflow production alias); a scheduled run with nothing new stays green without a pull request;
-a new data drop opens a pull request whose report says the data changed; a calibration-only
-change fails the gate (same decisions: no gain) and is labelled; merges of an
+a calibration-only change fails the gate (same decisions: no gain) and is labelled; a new data
+drop opens a pull request whose report says the data changed; merges of an
 app-only change (deployed with the current model), of a docs-only change (nothing deployed) and
 of a broken app (smoke test fails, rolled back to the running release).
 """
@@ -463,26 +463,6 @@ def test_scheduled_run_with_nothing_new_opens_no_pr(rehearsal, github):
     )
 
 
-def test_a_new_data_drop_opens_a_pr_whose_report_says_so(rehearsal, github):
-    new = rehearsal.work / "new-images"
-    for label in ("NORMAL", "PNEUMONIA"):
-        (new / label).mkdir(parents=True)
-        for path in sorted((DATASET / "train" / label).iterdir())[40:43]:
-            shutil.copy(path, new / label / path.name)
-    git(rehearsal.clone, "checkout", "-q", "main")
-    added = rehearsal.sh(str(BIN / "python"), "-m", "pneumonia.ingest", str(new))
-    assert "train  NORMAL +3  PNEUMONIA +3" in added and "  test   NORMAL" not in added
-    rehearsal.sh(str(BIN / "dvc"), "push", "-q", "chest_xray.dvc")
-    rehearsal.commit_and_push("Data: 6 new training images")
-    code, log = rehearsal.act("retrain", "schedule", "main", {"schedule": "17 3 * * *"})
-    assert code == 0, log[-6000:]
-    assert "Retraining (out of date: " in log and "prepare" in log
-    (pr,) = retrain_pull(github)
-    assert pr.number != STATE["pr"].number and "Data changed: `" in pr.body
-    failed = "**Gate: :x: FAIL**" in pr.body  # a 1-epoch model: either verdict is possible
-    assert pr.labels == (["gate: failed"] if failed else [])
-
-
 def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal, github):
     git(rehearsal.clone, "checkout", "-q", "-B", "calibration", "main")
     params = yaml.safe_load((rehearsal.clone / "params.yaml").read_text())
@@ -509,6 +489,26 @@ def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal,
     assert "**Gate: :x: FAIL**" in comment.body and "| exact McNemar p-value | 1 |" in comment.body
     git(rehearsal.clone, "checkout", "-q", "main")
     rehearsal.sh(str(BIN / "dvc"), "checkout", "-q", "--allow-missing")
+
+
+def test_a_new_data_drop_opens_a_pr_whose_report_says_so(rehearsal, github):
+    new = rehearsal.work / "new-images"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (new / label).mkdir(parents=True)
+        for path in sorted((DATASET / "train" / label).iterdir())[40:43]:
+            shutil.copy(path, new / label / path.name)
+    git(rehearsal.clone, "checkout", "-q", "main")
+    added = rehearsal.sh(str(BIN / "python"), "-m", "pneumonia.ingest", str(new))
+    assert "train  NORMAL +3  PNEUMONIA +3" in added and "  test   NORMAL" not in added
+    rehearsal.sh(str(BIN / "dvc"), "push", "-q", "chest_xray.dvc")
+    rehearsal.commit_and_push("Data: 6 new training images")
+    code, log = rehearsal.act("retrain", "schedule", "main", {"schedule": "17 3 * * *"})
+    assert code == 0, log[-6000:]
+    assert "Retraining (out of date: " in log and "prepare" in log
+    (pr,) = retrain_pull(github)
+    assert pr.number != STATE["pr"].number and "Data changed: `" in pr.body
+    failed = "**Gate: :x: FAIL**" in pr.body  # a 1-epoch model: either verdict is possible
+    assert pr.labels == (["gate: failed"] if failed else [])
 
 
 def test_merging_an_app_change_deploys_the_app_with_the_current_model(rehearsal, heroku):
