@@ -141,7 +141,7 @@ def test_mlflow_has_the_run_and_a_registered_version(repro):
         "test_sensitivity",
         "test_specificity",
         "test_roc_auc",
-        "val_f1",
+        "validation_f1",
         "served_test_accuracy",
         "served_test_sensitivity",
     ):
