@@ -85,17 +85,29 @@ def params_diff(base: str, root: Path) -> list[str]:
 
 
 def data_change(base: str, root: Path) -> str:
-    def version(raw: str | None) -> dict[str, Any]:
-        outs = (yaml.safe_load(raw) or {}).get("outs") if raw else None
+    """The data each model was trained on: the data version in the prepare stage's record of
+    dvc.lock (else chest_xray.dvc), on the base branch and here. A retrain after new data was
+    committed to main has the same chest_xray.dvc as main, but not the same training data."""
+
+    def trained_on(lock: str | None, dvc_file: str | None) -> dict[str, Any]:
+        stages = (yaml.safe_load(lock) or {}).get("stages", {}) if lock else {}
+        for dep in stages.get("prepare", {}).get("deps", []):
+            if dep.get("path") == "data/chest_xray":
+                return dep
+        outs = (yaml.safe_load(dvc_file) or {}).get("outs") if dvc_file else None
         return outs[0] if outs else {}
 
-    here = version((root / "chest_xray.dvc").read_text())
-    there = version(git_show(base, "chest_xray.dvc", root))
+    def read(name: str) -> str | None:
+        return (root / name).read_text() if (root / name).is_file() else None
+
+    here = trained_on(read("dvc.lock"), read("chest_xray.dvc"))
+    there = trained_on(git_show(base, "dvc.lock", root), git_show(base, "chest_xray.dvc", root))
     if here.get("md5") == there.get("md5"):
         return f"Data unchanged: `{here.get('md5')}` ({here.get('nfiles')} files)."
     return (
-        f"Data changed: `{there.get('md5', '-')}` ({there.get('nfiles', '-')} files) -> "
-        f"`{here.get('md5')}` ({here.get('nfiles')} files)."
+        f"Data changed: the base model was trained on `{there.get('md5', '-')}` "
+        f"({there.get('nfiles', '-')} files), this one on `{here.get('md5')}` "
+        f"({here.get('nfiles')} files)."
     )
 
 
