@@ -48,7 +48,7 @@ from pneumonia.served import (
 
 COMPARED = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")
 UNCHANGED = "model unchanged"
-__all__ = ["MetricsError", "Verdict", "run_gate", "model_changed", "paired_comparison"]
+__all__ = ["MetricsError", "Verdict", "run_gate", "paired_comparison"]
 
 
 @dataclass
@@ -89,13 +89,6 @@ def rev_exists(rev: str, root: Path) -> bool:
 
 def _read(path: Path) -> str | None:
     return path.read_text() if path.is_file() else None
-
-
-def model_changed(base: str, root: Path) -> bool:
-    """Whether this work tree serves another model than ``base`` (no record there: changed)."""
-    here = parse_record(_read(root / SERVED_JSON), SERVED_JSON)
-    raw = git_show(base, SERVED_JSON, root)
-    return raw is None or parse_record(raw, f"{SERVED_JSON} at {base}")["model"] != here["model"]
 
 
 def mcnemar_exact(fixed: int, broken: int) -> float:

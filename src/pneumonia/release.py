@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumonia import config
-from pneumonia.gate import MetricsError, model_changed, rev_exists, run_gate
+from pneumonia.gate import MetricsError, run_gate
 from pneumonia.package import SLUG_SOURCES
 from pneumonia.retrain import append_github_file
 
@@ -51,11 +51,9 @@ def in_slug(path: str) -> bool:
 def plan_deploy(base: str, root: Path | None = None) -> Plan:
     """Decide what the push from ``base`` to HEAD deploys."""
     root = root or config.ROOT
-    if not rev_exists(base, root):
-        raise MetricsError(f"the base revision {base!r} does not exist (fetch it first)")
+    verdict = run_gate(base, root)  # an unchanged served model passes at once
     app_files = [p for p in changed_paths(base, root) if in_slug(p)]
-    if model_changed(base, root):
-        verdict = run_gate(base, root)
+    if verdict.model_changed:
         if not verdict.passed:
             reasons = "; ".join(verdict.reasons)
             why = f"does not pass the gate against {base} ({reasons}): nothing deployed"
