@@ -27,17 +27,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from pneumonia.config import PREPARED_DIR
+from pneumonia.config import SAMPLES_DIR as SAMPLES
+from pneumonia.data import load_image
+from pneumonia.export import export_onnx
+from pneumonia.metrics import classification_metrics
+from pneumonia.model import load_checkpoint, predict_logits, to_input
+from pneumonia.params import load as load_params
+from pneumonia.prepared import load_split
+from pneumonia.quantize import calibration_sample, quantize_bundle
+from pneumonia.serving import Bundle, resize, sha256_file
 
-from pneumonia.config import PREPARED_DIR, load_params  # noqa: E402
-from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
-from pneumonia.data import load_image, resize  # noqa: E402
-from pneumonia.export import export_onnx  # noqa: E402
-from pneumonia.metrics import classification_metrics  # noqa: E402
-from pneumonia.model import load_checkpoint, predict_logits, to_input  # noqa: E402
-from pneumonia.predict import Bundle, sha256_file  # noqa: E402
-from pneumonia.prepare import load_split  # noqa: E402
-from pneumonia.quantize import calibration_sample, quantize_bundle  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(call, runs: int, warmup: int) -> list[float]:
@@ -83,7 +84,7 @@ def main() -> int:
     # The float graph as the export stage writes it, in a bundle with the served model.json.
     float_dir = tmp / "float"
     float_dir.mkdir()
-    export_onnx(model, size, float_dir / "model.onnx", int(load_params()["export"]["opset"]))
+    export_onnx(model, size, float_dir / "model.onnx", load_params().export.opset)
     manifest = {k: v for k, v in bundle.manifest.items() if k != "quantization"}
     manifest["onnx_sha256"] = sha256_file(float_dir / "model.onnx")
     (float_dir / "model.json").write_text(json.dumps(manifest))

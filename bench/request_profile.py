@@ -40,16 +40,17 @@ def main() -> int:
     import django
 
     django.setup()
-    from diagnosis.imaging import read_upload
     from diagnosis.inference import (
         DISPLAY_SIDE,
         ServedModel,
-        activation_map,
         overlay,
+        read_upload,
         to_jpeg,
         to_png,
     )
     from PIL import Image
+
+    from pneumonia.serving import class_activation_map, resize
 
     model = ServedModel(args.bundle)
     files = sorted(SAMPLES.rglob("*.jpeg"))
@@ -75,7 +76,11 @@ def main() -> int:
         recording[0] = round_ > 0
         for data in uploads:
             gray = timed("decode (read_upload)", read_upload, data)
-            x = timed("model input (resize, normalise)", model.model_input, gray)
+            x = timed(
+                "model input (resize, normalise)",
+                lambda g: model.preprocess(resize(g, model.size)[None]),
+                gray,
+            )
             _, features = timed(
                 "onnxruntime call (1 thread)",
                 model.session.run,
@@ -84,7 +89,11 @@ def main() -> int:
             )
             display = timed("display copy (thumbnail)", thumbnail, gray)
             cam = timed(
-                "activation map", activation_map, features[0], model.class_weight, display.size
+                "activation map",
+                class_activation_map,
+                features[0],
+                model.class_weight,
+                display.size,
             )
             heat = timed("overlay", overlay, display, cam)
             timed("PNG of the display copy", to_png, display)

@@ -27,18 +27,23 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from pneumonia.config import PREPARED_DIR, RAW_DIR
+from pneumonia.evaluate import evaluate
+from pneumonia.model import build_model, predict_logits
+from pneumonia.params import Params, as_dict
+from pneumonia.params import load as load_params
+from pneumonia.prepare import prepare, save
+from pneumonia.prepared import PreparedSplit, load_split
+from pneumonia.serving import positive_probability
+from pneumonia.train import train
 
-from pneumonia.config import PREPARED_DIR, RAW_DIR, load_params  # noqa: E402
-from pneumonia.evaluate import evaluate  # noqa: E402
-from pneumonia.model import build_model, positive_probability, predict_logits  # noqa: E402
-from pneumonia.prepare import PreparedSplit, load_split, prepare, save  # noqa: E402
-from pneumonia.train import train  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHOICES = ("best_val_loss", "last")
 REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -74,7 +79,7 @@ def one_run(job: dict) -> dict:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     splits = {s: load_split(s, Path(job["prepared"])) for s in ("train", "val", "test")}
-    params = {**job["train"], "seed": job["seed"], "precision": job["precision"], "select": "last"}
+    params = replace(job["train"], seed=job["seed"], precision=job["precision"], select="last")
     best: dict = {"val_loss": float("inf")}  # the lowest-validation-loss epoch and its weights
 
     def keep(record: dict, model: torch.nn.Module) -> None:
@@ -83,7 +88,7 @@ def one_run(job: dict) -> dict:
             best.update(record, state=state)
 
     torch.manual_seed(job["seed"])  # the head's init, as the train stage does
-    model = build_model("none", str(params.get("input_norm", "fixed")))
+    model = build_model("none", params.input_norm)
     started = time.perf_counter()
     last = train(model, splits["train"], splits["val"], params, keep, device)[0]
     seconds = time.perf_counter() - started
@@ -99,14 +104,14 @@ def one_run(job: dict) -> dict:
     }
 
 
-def prepared_dir(args, params: dict, scratch: Path) -> Path:
+def prepared_dir(args, params: Params, scratch: Path) -> Path:
     """The folder of prepared splits: data/prepared as is, or --data prepared into scratch."""
     if args.data is None and not args.quick and (PREPARED_DIR / "train.npz").is_file():
         return PREPARED_DIR
-    prep = params["prepare"]
-    size = 32 if args.quick else int(prep["image_size"])
+    prep = params.prepare
+    size = 32 if args.quick else prep.image_size
     raw = args.data or RAW_DIR
-    splits, report = prepare(raw, size, float(prep["val_fraction"]), int(prep["seed"]))
+    splits, report = prepare(raw, size, prep.val_fraction, prep.seed)
     if args.quick:
         splits = {name: subset(split, 6) for name, split in splits.items()}
     save(splits, report, scratch, scratch / "data.json")
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     params = load_params()
-    train_params = {**params["train"], "weights": "none", **(QUICK if args.quick else {})}
+    train_params = replace(params.train, weights="none", **(QUICK if args.quick else {}))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch:
         folder = prepared_dir(args, params, Path(scratch))
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threads": threads,
                 "prepared": str(folder),
                 "train": train_params,
-                "evaluate": params["evaluate"],
+                "evaluate": params.evaluate,
             }
             for seed in args.seeds
             for precision in args.precisions
@@ -169,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
     runs.sort(key=lambda r: (args.precisions.index(r["precision"]), r["seed"]))
     args.out.write_text(
-        json.dumps({"train": train_params, "device": args.device, "runs": runs}, indent=2) + "\n"
+        json.dumps({"train": as_dict(train_params), "device": args.device, "runs": runs}, indent=2)
+        + "\n"
     )
-    print(f"device: {args.device}; train params: {json.dumps(train_params)}\n")
+    print(f"device: {args.device}; train params: {json.dumps(as_dict(train_params))}\n")
     for metric in REPORTED:
         print("\n".join(table(runs, metric)))
     print("Test accuracy of each run:\n")

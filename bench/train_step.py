@@ -29,16 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+from pneumonia.config import SHARED_DATA_DIR
+from pneumonia.data import load_image
+from pneumonia.model import build_model, to_input
+from pneumonia.params import AugmentParams
+from pneumonia.params import load as load_params
+from pneumonia.serving import resize
+from pneumonia.train import augment, native_bf16
 
-from pneumonia.config import SHARED_DATA_DIR  # noqa: E402
-from pneumonia.data import load_image, resize  # noqa: E402
-from pneumonia.model import build_model, to_input  # noqa: E402
-from pneumonia.train import Augment, augment, native_bf16  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def make_step(
     size: int,
     cached: torch.Tensor,
     y: torch.Tensor,
-    aug: Augment,
+    aug: AugmentParams,
 ) -> Callable[[], None]:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -138,7 +140,7 @@ def main() -> int:
     if len(files) < args.batch:
         sys.exit(f"need {args.batch} JPEGs under {SHARED_DATA_DIR / 'chest_xray' / 'train'}")
     cached = torch.from_numpy(np.stack([resize(load_image(f), args.size) for f in files]))
-    aug = Augment(**yaml.safe_load((ROOT / "params.yaml").read_text())["train"]["augment"])
+    aug = load_params().train.augment
     y = torch.tensor([i % 2 for i in range(args.batch)])
     threads = torch.get_num_threads()
     stage = Variant(bf16=native_bf16(), channels_last=True)

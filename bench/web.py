@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from pneumonia.config import SAMPLES_DIR as SAMPLES
+from pneumonia.package import APP_DIR, app_venv, package_app
 
-from pneumonia.config import SAMPLES_DIR as SAMPLES  # noqa: E402
-from pneumonia.package import APP_DIR, app_venv, package_app  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TOKEN = {"value": ""}  # the benchmark account's API token, set once the app is released
 

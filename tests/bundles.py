@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pneumonia.data import load_image, resize
+from pneumonia.data import load_image
 from pneumonia.export import export
 from pneumonia.model import build_model, to_input
-from tests.conftest import DATASET, require_data
+from pneumonia.params import load as load_params
+from pneumonia.serving import resize
+from tests.conftest import DATASET, REPO, require_data
 
-EXPORT_PARAMS = {"export": {"opset": 18, "parity_tolerance": 1e-4}, "train": {"weights": "none"}}
+# params.yaml's export section, with a float model: quick to export and exact to compare.
+EXPORT_PARAMS = replace(load_params(REPO / "params.yaml").export, quantize="none")
+# What the evaluate stage writes about calibration when none is fitted (scale 1, bias 0).
+UNCALIBRATED = {"calibration": "none", "calibration_scale": 1.0, "calibration_bias": 0.0}
 
 
 def real_images(split: str, n: int, size: int) -> np.ndarray:
@@ -38,5 +44,6 @@ def calibrated_model(size: int, input_norm: str = "fixed") -> torch.nn.Module:
 
 
 def make_bundle(model: torch.nn.Module, size: int, out: Path, metrics: dict) -> Path:
-    export(model, size, real_images("test", 4, size), metrics, metrics, EXPORT_PARAMS, out)
+    metrics = {**UNCALIBRATED, **metrics}
+    export(model, size, real_images("test", 4, size), metrics, metrics, EXPORT_PARAMS, "none", out)
     return out

@@ -1,16 +1,13 @@
-"""The served model: the exported ONNX bundle, run with onnxruntime (no torch on the dyno).
-
-Everything about preprocessing (input size, normalisation, labels, threshold) is read from the
-bundle's ``model.json``; the session is created once per process and reused.
+"""The served model in the app: ``pneumonia.serving`` (decoding, the ONNX bundle, calibration,
+the class activation map: the same module the pipeline uses, copied into the slug by
+``pneumonia.package``) plus what only the pages need: display copies and the heat-map overlay.
+The model is loaded once per process and reused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +17,11 @@ import numpy as np
 from django.conf import settings
 from PIL import Image
 
+from pneumonia import serving
+
 logger = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 512  # images shown on the result page are at most this wide or high
-
-
-class ModelUnavailable(RuntimeError):
-    """No usable bundle at MODEL_DIR; the message says what is wrong."""
 
 
 @dataclass
@@ -38,85 +33,29 @@ class Result:
     heatmap_jpeg: bytes  # class activation map blended over it, for viewing only
 
 
-class ServedModel:
+class ServedModel(serving.Bundle):
+    """The bundle with what the pages add: a display copy and the heat map over it."""
+
     def __init__(self, bundle_dir: Path):
-        import onnxruntime as ort
+        super().__init__(bundle_dir, threads=1)  # one request per worker; gunicorn scales out
 
-        manifest_path, onnx_path = bundle_dir / "model.json", bundle_dir / "model.onnx"
-        if not manifest_path.is_file() or not onnx_path.is_file():
-            raise ModelUnavailable(
-                f"No model bundle in {bundle_dir}: set MODEL_DIR to a folder with model.onnx and "
-                "model.json (the pipeline's models/bundle)."
-            )
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        self.sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-        if self.sha256 != self.manifest.get("onnx_sha256"):
-            raise ModelUnavailable(
-                f"{onnx_path} does not match model.json (sha256 {self.sha256[:12]}..., expected "
-                f"{str(self.manifest.get('onnx_sha256'))[:12]}...): redeploy the bundle."
-            )
-        spec = self.manifest["input"]
-        self.size = int(spec["size"])
-        self.mean = np.asarray(spec["mean"], np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(spec["std"], np.float32).reshape(1, 3, 1, 1)
-        self.labels: list[str] = list(self.manifest["labels"])
-        self.positive = self.labels.index(self.manifest["positive_label"])
-        self.threshold = float(self.manifest["threshold"])
-        # Calibrated probability: sigmoid(scale * logit margin + bias), fitted on validation by
-        # the pipeline (scale 1, bias 0 is the plain softmax).
-        calibration = self.manifest.get("calibration", {})
-        self.scale = float(calibration.get("scale", 1.0))
-        self.bias = float(calibration.get("bias", 0.0))
-        self.class_weight = np.asarray(self.manifest["cam"]["head_weight"], np.float32)[
-            self.positive
-        ]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # one request per worker thread; gunicorn scales out
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest.get("version", self.sha256[:12]))
-
-    def model_input(self, gray: Image.Image) -> np.ndarray:
-        """Grayscale image -> normalised 1 x 3 x S x S float input, as in training."""
-        pixels = np.array(gray.resize((self.size, self.size), Image.Resampling.BILINEAR))
-        x = pixels.astype(np.float32)[None, None] / 255.0
-        return (np.repeat(x, 3, axis=1) - self.mean) / self.std
-
-    def probability(self, gray: Image.Image) -> tuple[float, np.ndarray]:
-        """PNEUMONIA probability and the feature map (K x h x w) of one image."""
-        logits, features = self.session.run(
-            ["logits", "features"], {"image": self.model_input(gray)}
-        )
-        margin = float(logits[0, self.positive]) - float(logits[0, 1 - self.positive])
-        z = self.scale * margin + self.bias
-        return 0.5 * (1.0 + math.tanh(z / 2)), features[0]  # sigmoid(z) without overflow
-
-    def predict(self, gray: Image.Image) -> Result:
-        probability, features = self.probability(gray)
-        label = self.labels[self.positive if probability >= self.threshold else 1 - self.positive]
+    def predict_image(self, gray: Image.Image) -> Result:
+        prediction = self.predict(gray)
         display = gray.copy()
         display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BILINEAR)
-        cam = activation_map(features, self.class_weight, display.size)
         return Result(
-            label=label,
-            probability=probability,
-            threshold=self.threshold,
+            label=prediction.label,
+            probability=prediction.probability,
+            threshold=prediction.threshold,
             original_png=to_png(display),
-            heatmap_jpeg=to_jpeg(overlay(display, cam)),
+            heatmap_jpeg=to_jpeg(overlay(display, prediction.heat_map(display.size))),
         )
 
 
-def activation_map(features: np.ndarray, weight: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Class activation map (head-weighted feature sum, ReLU), scaled to [0, 1] at ``size``."""
-    cam = np.maximum(np.tensordot(weight, features, axes=1), 0.0).astype(np.float32)
-    peak = float(cam.max())
-    cam = cam / peak if peak > 0 else cam
-    resized = Image.fromarray(cam).resize(size, Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+def read_upload(data: bytes) -> Image.Image:
+    """An upload as the grayscale image the model reads (``serving.InvalidImage`` if it is not
+    one); large JPEGs are decoded at reduced scale, never below ``serving.WORKING_SIDE``."""
+    return serving.read_image(data, max_side=serving.WORKING_SIDE)
 
 
 # A perceptually ordered dark-to-bright ramp (approximates "inferno"): low evidence stays dark
@@ -173,7 +112,7 @@ _lock = threading.Lock()
 
 
 def get_model() -> ServedModel:
-    """The process's model, loaded on first use; raises ``ModelUnavailable``."""
+    """The process's model, loaded on first use; raises ``serving.BundleError``."""
     global _model
     if _model is None:
         with _lock:
@@ -195,16 +134,16 @@ def warm_up() -> None:
     bundle is logged, and /health reports it."""
     try:
         model = get_model()
-    except ModelUnavailable as exc:
+    except serving.BundleError as exc:
         logger.error("model not loaded: %s", exc)
         return
-    model.predict(Image.new("L", (model.size, model.size)))
+    model.predict_image(Image.new("L", (model.size, model.size)))
 
 
 def model_context(request) -> dict[str, Any]:
     """Template context: the model's card, or why there is none."""
     try:
         model = get_model()
-    except ModelUnavailable as exc:
+    except serving.BundleError as exc:
         return {"model": None, "model_error": str(exc)}
     return {"model": model, "card": model.manifest}

@@ -31,9 +31,9 @@ from diagnosis.feedback import (
     hold_image,
     visible_predictions,
 )
-from diagnosis.imaging import UnreadableImage, read_upload
-from diagnosis.inference import ModelUnavailable, Result, get_model
+from diagnosis.inference import Result, get_model, read_upload
 from diagnosis.models import LABEL_CHOICES, ApiToken, Prediction
+from pneumonia.serving import BundleError, InvalidImage
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +61,15 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
     upload.close()
     try:
         gray = read_upload(data)
-    except UnreadableImage as exc:
+    except InvalidImage as exc:
         raise UploadError(400, "unreadable_image", str(exc)) from None
     try:
         model = get_model()
-    except ModelUnavailable:
+    except BundleError:
         raise UploadError(
             503, "model_unavailable", "The model is not available right now."
         ) from None
-    result = model.predict(gray)
+    result = model.predict_image(gray)
     prediction = Prediction.objects.create(
         user=request.user,
         source=source,
@@ -286,7 +286,7 @@ def model_card(request: HttpRequest) -> HttpResponse:
     status = 200
     try:
         get_model()
-    except ModelUnavailable:
+    except BundleError:
         status = 503
     return render(request, "diagnosis/model_card.html", status=status)
 
@@ -295,7 +295,7 @@ def model_card(request: HttpRequest) -> HttpResponse:
 def health(request: HttpRequest) -> JsonResponse:
     try:
         model = get_model()
-    except ModelUnavailable as exc:
+    except BundleError as exc:
         return JsonResponse(
             {"status": "error", "model_loaded": False, "error": str(exc)}, status=503
         )

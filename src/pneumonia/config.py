@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 
 def _find_root() -> Path:
@@ -64,12 +61,3 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 # bundle trained from random init and one fine-tuned from ImageNet are served the same way.
 NORM_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 NORM_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-
-def load_params(path: Path | None = None) -> dict[str, Any]:
-    """Read ``params.yaml`` (or ``path``) into a dict."""
-    with open(path or PARAMS_FILE) as f:
-        params = yaml.safe_load(f)
-    if not isinstance(params, dict):
-        raise ValueError(f"{path or PARAMS_FILE} must hold a mapping of stage sections")
-    return params

@@ -25,10 +25,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pneumonia import config, predict, tracking
+from pneumonia import config, serving, tracking
 from pneumonia.metrics import classification_metrics
-from pneumonia.model import load_checkpoint, positive_probability, predict_logits
-from pneumonia.prepare import PreparedSplit, load_split
+from pneumonia.model import load_checkpoint, predict_logits
+from pneumonia.params import EvaluateParams, ParamsError
+from pneumonia.params import load as load_params
+from pneumonia.prepared import PreparedSplit, load_split
+from pneumonia.serving import positive_probability
 
 THRESHOLD_METHODS = ("min_sensitivity", "youden")
 CALIBRATIONS = ("platt", "temperature", "none")
@@ -40,7 +43,7 @@ POSITIVE = config.LABELS.index(config.POSITIVE_LABEL)
 
 def calibrated_probability(logits: np.ndarray, scale: float, bias: float) -> np.ndarray:
     """sigmoid(scale * margin + bias): the served probability of PNEUMONIA (``predict``'s)."""
-    return predict.calibrated_probability(logits, scale, bias, POSITIVE)
+    return serving.calibrated_probability(logits, scale, bias, POSITIVE)
 
 
 def _fit_margin(
@@ -50,7 +53,7 @@ def _fit_margin(
     the bias held at 0 unless ``bias``."""
     from scipy.optimize import minimize
 
-    x, y = predict.logit_margin(logits, POSITIVE), np.asarray(labels, np.float64)
+    x, y = serving.logit_margin(logits, POSITIVE), np.asarray(labels, np.float64)
     if len(np.unique(y)) != 2:
         raise ValueError("fitting a calibration needs both classes in the validation split")
 
@@ -277,14 +280,14 @@ def evaluate(
     val_labels: np.ndarray,
     test_probabilities: np.ndarray,
     test_labels: np.ndarray,
-    params: dict[str, Any],
+    params: EvaluateParams,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Threshold from validation; (validation metrics, test metrics) at that threshold."""
     threshold = choose_threshold(
         val_labels,
         val_probabilities,
-        params["threshold_method"],
-        float(params.get("min_sensitivity", 0.95)),
+        params.threshold_method,
+        params.min_sensitivity,
     )
     return (
         classification_metrics(val_labels, val_probabilities, threshold),
@@ -305,11 +308,15 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, method: str) -> tu
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
-    params = config.load_params()["evaluate"]
+    try:
+        params = load_params().evaluate
+    except ParamsError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 1
     model, _ = load_checkpoint(config.MODEL_FILE)
     val, test = load_split("val"), load_split("test")
     val_logits, test_logits = predict_logits(model, val.images), predict_logits(model, test.images)
-    method = params.get("calibration", "none")
+    method = params.calibration
     scale, bias = calibrate(val_logits, val.labels, method)
     val_prob = calibrated_probability(val_logits, scale, bias)
     test_prob = calibrated_probability(test_logits, scale, bias)

@@ -29,14 +29,11 @@ from pneumonia import config, served, tracking
 from pneumonia.files import atomic_directory, atomic_write_text
 from pneumonia.metrics import classification_metrics
 from pneumonia.model import load_checkpoint, to_input
-from pneumonia.predict import Bundle, sha256_file
-from pneumonia.prepare import PreparedSplit, load_split
-from pneumonia.quantize import (
-    QuantizeError,
-    calibration_sample,
-    quantization_entry,
-    quantize_model,
-)
+from pneumonia.params import ExportParams, ParamsError
+from pneumonia.params import load as load_params
+from pneumonia.prepared import PreparedSplit, load_split
+from pneumonia.quantize import QuantizeError, calibration_sample, quantized
+from pneumonia.serving import Bundle, sha256_file
 
 BUNDLE_FORMAT = 1
 SERVED_LOGGED = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -44,10 +41,6 @@ SERVED_LOGGED = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree: the exported graph is not the trained model."""
-
-
-class QuantizationError(ParityError):
-    """The INT8 model is less accurate than the trained model by more than allowed."""
 
 
 class WithFeatures(nn.Module):
@@ -106,7 +99,7 @@ def build_manifest(
     onnx_sha256: str,
     val_metrics: dict[str, Any],
     test_metrics: dict[str, Any],
-    train_params: dict[str, Any],
+    init: str,
 ) -> dict[str, Any]:
     """The contents of ``model.json``."""
     git = tracking.git_info()
@@ -115,7 +108,7 @@ def build_manifest(
         "name": tracking.REGISTERED_MODEL_NAME,
         "version": onnx_sha256[:12],
         "architecture": "resnet18",
-        "init": str(train_params["weights"]),
+        "init": init,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "labels": list(config.LABELS),
         "positive_label": config.POSITIVE_LABEL,
@@ -138,9 +131,9 @@ def build_manifest(
         # The served probability is sigmoid(scale * (PNEUMONIA logit - NORMAL logit) + bias),
         # fitted on validation by the evaluate stage; the threshold applies to it.
         "calibration": {
-            "method": str(val_metrics.get("calibration", "none")),
-            "scale": float(val_metrics.get("calibration_scale", 1.0)),
-            "bias": float(val_metrics.get("calibration_bias", 0.0)),
+            "method": str(val_metrics["calibration"]),
+            "scale": float(val_metrics["calibration_scale"]),
+            "bias": float(val_metrics["calibration_bias"]),
             "fitted_on": "validation",
             "ece_validation": val_metrics.get("ece"),
         },
@@ -190,7 +183,8 @@ def export(
     check_images: np.ndarray,
     val_metrics: dict[str, Any],
     test_metrics: dict[str, Any],
-    params: dict[str, Any],
+    params: ExportParams,
+    init: str,
     out_dir: Path,
     calibration: np.ndarray | None = None,
     test_split: PreparedSplit | None = None,
@@ -199,40 +193,34 @@ def export(
     and the served model's calibrated probability for each image of ``test_split`` (None
     without it).
 
-    With ``export.quantize: int8`` (params), ``calibration`` (uint8 training images) sets the
-    INT8 activation ranges and ``test_split`` checks the served model's accuracy."""
-    quantize = str(params["export"].get("quantize", "none"))
-    if quantize not in ("none", "int8"):
-        raise ValueError(f"export.quantize must be none or int8, not {quantize!r}")
+    With ``export.quantize: int8``, ``calibration`` (uint8 training images) sets the INT8
+    activation ranges and ``test_split`` checks the served model's accuracy. ``model.json`` is
+    written once, when the served model has passed every check."""
+    if params.quantize == "int8" and (calibration is None or test_split is None):
+        raise QuantizeError("export.quantize int8 needs calibration images and the test split")
     with atomic_directory(out_dir) as staging:
-        onnx_path = staging / "model.onnx"
-        export_onnx(model, image_size, onnx_path, int(params["export"]["opset"]))
+        float_onnx = staging / "model.float.onnx"
+        export_onnx(model, image_size, float_onnx, params.opset)
         manifest = build_manifest(
-            model, image_size, sha256_file(onnx_path), val_metrics, test_metrics, params["train"]
+            model, image_size, sha256_file(float_onnx), val_metrics, test_metrics, init
         )
-        (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        float_bundle = Bundle(staging)
+        float_bundle = Bundle.from_parts(float_onnx, manifest)
         diff = parity(model, float_bundle, check_images)
-        tolerance = float(params["export"]["parity_tolerance"])
-        if max(diff["logits"], diff["probability"]) > tolerance:
+        if max(diff["logits"], diff["probability"]) > params.parity_tolerance:
             raise ParityError(
-                f"ONNX Runtime differs from torch by {diff} (tolerance {tolerance}); not exporting"
+                f"ONNX Runtime differs from torch by {diff} (tolerance {params.parity_tolerance});"
+                " not exporting"
             )
-        manifest["parity"] = {**diff, "tolerance": tolerance}
+        manifest["parity"] = {**diff, "tolerance": params.parity_tolerance}
         served_probability = (
             None if test_split is None else batched_probabilities(float_bundle, test_split.images)
         )
-        if quantize == "int8":
-            if calibration is None or test_split is None:
-                raise ValueError("export.quantize int8 needs calibration images and the test split")
+        if params.quantize == "int8":
             float_probability = served_probability
-            quantize_model(float_bundle, staging / "model.int8.onnx", calibration)
-            (staging / "model.int8.onnx").replace(onnx_path)
-            float_sha = manifest["onnx_sha256"]
-            manifest["onnx_sha256"] = sha256_file(onnx_path)
-            manifest["version"] = manifest["onnx_sha256"][:12]
-            (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            served_probability = batched_probabilities(Bundle(staging), test_split.images)
+            manifest = quantized(float_bundle, staging / "model.onnx", calibration)
+            served_probability = batched_probabilities(
+                Bundle.from_parts(staging / "model.onnx", manifest), test_split.images
+            )
             check = served_accuracy(
                 served_probability,
                 float(manifest["threshold"]),
@@ -240,16 +228,20 @@ def export(
                 float_probability,
                 float(test_metrics["accuracy"]),
             )
-            manifest["quantization"] = {**quantization_entry(len(calibration), float_sha), **check}
-            max_drop = float(params["export"]["max_accuracy_drop"])
-            if check["test_accuracy_drop"] > max_drop:
-                raise QuantizationError(
+            manifest["quantization"].update(check)
+            if check["test_accuracy_drop"] > params.max_accuracy_drop:
+                raise QuantizeError(
                     f"the INT8 model's test accuracy is {check['test_accuracy']:.4f}, "
                     f"{check['test_accuracy_drop']:.4f} below the trained model's "
                     f"{check['test_accuracy_float']:.4f} (allowed: export.max_accuracy_drop "
-                    f"{max_drop}); not exporting. Serve the float model with export.quantize: none"
+                    f"{params.max_accuracy_drop}); not exporting. Serve the float model with "
+                    "export.quantize: none"
                 )
+            float_onnx.unlink()
+        else:
+            float_onnx.replace(staging / "model.onnx")
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        Bundle(staging)  # what is served loads and matches its manifest
     return manifest, served_probability
 
 
@@ -330,10 +322,15 @@ def register(
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
-    params = config.load_params()
+    try:
+        all_params = load_params()
+    except ParamsError as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        return 1
+    params = all_params.export
     model, image_size = load_checkpoint(config.MODEL_FILE)
     test = load_split("test")
-    count = int(params["export"]["parity_images"])
+    count = params.parity_images
     check = test.images[
         np.linspace(0, len(test.images) - 1, min(count, len(test.images))).astype(int)
     ]
@@ -341,10 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     test_metrics = json.loads((config.METRICS_DIR / "test.json").read_text())
     calibration = None
     try:
-        if params["export"].get("quantize", "none") == "int8":
+        if params.quantize == "int8":
             train = load_split("train")
-            count = int(params["export"]["calibration_images"])
-            calibration = calibration_sample(train.images, train.labels, count)
+            calibration = calibration_sample(train.images, train.labels, params.calibration_images)
         manifest, probability = export(
             model,
             image_size,
@@ -352,13 +348,14 @@ def main(argv: list[str] | None = None) -> int:
             val_metrics,
             test_metrics,
             params,
+            all_params.train.weights,
             config.BUNDLE_DIR,
             calibration=calibration,
             test_split=test,
         )
         data = json.loads((config.METRICS_DIR / "data.json").read_text())
         record = write_served_record(
-            manifest, test, probability, data.get("fingerprints", {}).get("test"), config.ROOT
+            manifest, test, probability, data["fingerprints"]["test"], config.ROOT
         )
         registered = register(manifest, config.BUNDLE_DIR, record["test"])
     except (ParityError, QuantizeError, tracking.TrackingUnavailableError) as exc:

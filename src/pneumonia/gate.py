@@ -37,6 +37,8 @@ import yaml
 
 from pneumonia import config
 from pneumonia.metrics import classification_metrics
+from pneumonia.params import GateParams, ParamsError, as_dict, from_mapping
+from pneumonia.params import load as load_params
 from pneumonia.served import (
     SERVED_JSON,
     SERVED_TEST_CSV,
@@ -142,8 +144,8 @@ def rescore_champion(
     champion's own threshold."""
     from dvc.api import DVCFileSystem
 
-    from pneumonia.data import load_image, resize
-    from pneumonia.predict import Bundle
+    from pneumonia.data import load_image
+    from pneumonia.serving import Bundle, resize
 
     with tempfile.TemporaryDirectory() as tmp:
         fs = DVCFileSystem(str(root), rev=base)
@@ -242,8 +244,15 @@ def gate_rules(base: str, root: Path) -> dict[str, Any]:
     """The rules the base branch enforces (its params.yaml), so that a pull request cannot
     loosen the gate it is judged by; the work tree's when the base has none."""
     raw = git_show(base, "params.yaml", root)
-    rules = (yaml.safe_load(raw) or {}).get("gate") if raw else None
-    return rules or config.load_params(root / "params.yaml")["gate"]
+    section = (yaml.safe_load(raw) or {}).get("gate") if raw else None
+    if section is None:
+        return as_dict(load_params(root / "params.yaml").gate)
+    try:
+        rules = from_mapping(GateParams, section, "gate")
+        rules.check()
+    except ParamsError as exc:
+        raise ParamsError(f"{base}'s {exc}") from None
+    return as_dict(rules)
 
 
 def run_gate(base: str, root: Path | None = None) -> Verdict:
@@ -305,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         verdict = run_gate(args.base)
-    except MetricsError as exc:
+    except (MetricsError, ParamsError) as exc:
         print(f"gate: error: {exc}", file=sys.stderr)
         return 2
     if args.json:

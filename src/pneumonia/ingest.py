@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumonia import config
-from pneumonia.data import InvalidImageError, content_hash, decode_image, list_images, patient_id
+from pneumonia.data import content_hash, list_images, patient_id
+from pneumonia.serving import InvalidImage, image_format, read_image
 from pneumonia.tools import tool
 
 NEW_PATIENT_SPLITS = ("train", "test")  # val is carved out of train by the prepare stage
@@ -95,8 +96,8 @@ def plan_ingest(source: Path, data_dir: Path, new_patient_split: str = "train") 
             continue
         data = path.read_bytes()
         try:
-            image, fmt = decode_image(data)
-        except InvalidImageError as exc:
+            image, fmt = read_image(data), image_format(data)
+        except InvalidImage as exc:
             plan.rejected.append((relative, str(exc)))
             continue
         digest = content_hash(data)

@@ -11,8 +11,7 @@ from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights
 from torchvision.models.resnet import BasicBlock
 
-from pneumonia.config import LABELS, NORM_MEAN, NORM_STD, POSITIVE_LABEL
-from pneumonia.predict import softmax
+from pneumonia.config import LABELS, NORM_MEAN, NORM_STD
 
 INPUT_NORMS = ("fixed", "per_image")
 
@@ -116,11 +115,6 @@ def predict_logits(
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
-
-
-def positive_probability(logits: np.ndarray) -> np.ndarray:
-    """Softmax probability of the positive class (PNEUMONIA) from logits."""
-    return softmax(logits)[:, LABELS.index(POSITIVE_LABEL)]
 
 
 def save_checkpoint(model: nn.Module, path: Path, image_size: int, weights: str) -> None:

@@ -3,8 +3,11 @@
     python -m pneumonia.package --out build/heroku-app
 
 The bundle lands in ``model/`` inside the app (where the app's settings look for it), after its
-sha256 is checked against ``model.json``. Local files that must never ship (SQLite database,
-collected static files, caches) are left out. The folder is written atomically.
+sha256 is checked against ``model.json``, and the serving code the pipeline uses
+(``src/pneumonia/serving.py``) lands in ``pneumonia/serving.py``, where the app imports it: one
+source for decoding, preprocessing, calibration and the heat map. Local files that must never
+ship (SQLite database, collected static files, caches) are left out. The folder is written
+atomically.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from pathlib import Path
 
 from pneumonia import config
 from pneumonia.files import atomic_directory
-from pneumonia.predict import sha256_file
+from pneumonia.serving import sha256_file
 
 APP_DIR = config.ROOT / "django_app"
 # What goes into the slug besides the bundle: a change to one of these deploys the app.
-SLUG_SOURCES = ("django_app/", "src/pneumonia/package.py")
+SERVING_MODULE = Path(__file__).with_name("serving.py")
+SLUG_SOURCES = ("django_app/", "src/pneumonia/serving.py", "src/pneumonia/package.py")
 EXCLUDE = ("__pycache__", "*.pyc", "db.sqlite3", "staticfiles", "model", ".pytest_cache")
 
 
@@ -47,6 +51,8 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
         shutil.copytree(
             app_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*EXCLUDE)
         )
+        (staging / "pneumonia").mkdir()  # a namespace package, as src/pneumonia is
+        shutil.copy2(SERVING_MODULE, staging / "pneumonia" / "serving.py")
         (staging / "model").mkdir()
         for name in ("model.onnx", "model.json"):
             shutil.copy2(bundle_dir / name, staging / "model" / name)

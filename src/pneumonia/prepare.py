@@ -19,20 +19,16 @@ import numpy as np
 from tqdm import tqdm
 
 from pneumonia import config
-from pneumonia.data import ImageRecord, InvalidImageError, content_hash, decode_image, list_images
-from pneumonia.data import resize as resize_image
+from pneumonia.data import ImageRecord, content_hash, list_images
+from pneumonia.params import ParamsError
+from pneumonia.params import load as load_params
+from pneumonia.prepared import PreparedSplit, write_split
+from pneumonia.serving import InvalidImage, read_image
+from pneumonia.serving import resize as resize_image
 
 
 class EmptySplitError(RuntimeError):
     """A split has no usable image of some class: nothing sensible can be trained or measured."""
-
-
-@dataclass
-class PreparedSplit:
-    images: np.ndarray
-    labels: np.ndarray
-    files: list[str]
-    patients: list[str]
 
 
 @dataclass
@@ -166,8 +162,8 @@ def prepare(
     for record in tqdm(records, desc="prepare: decode", unit="img", file=sys.stderr):
         data = record.path.read_bytes()
         try:
-            image, _ = decode_image(data)
-        except InvalidImageError as exc:
+            image = read_image(data)
+        except InvalidImage as exc:
             report.rejected.append({"file": _rel(record), "reason": str(exc)})
             continue
         good.append(record)
@@ -223,36 +219,19 @@ def _summary(rejected: list[dict[str, str]], limit: int = 3) -> str:
 def save(splits: dict[str, PreparedSplit], report: PrepareReport, out_dir: Path, data_json: Path):
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
-        np.savez(
-            out_dir / f"{name}.npz",
-            images=split.images,
-            labels=split.labels,
-            files=np.array(split.files),
-            patients=np.array(split.patients),
-        )
+        write_split(split, out_dir / f"{name}.npz")
     data_json.parent.mkdir(parents=True, exist_ok=True)
     data_json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
 
 
-def load_split(name: str, prepared_dir: Path | None = None) -> PreparedSplit:
-    """Read one split written by this stage."""
-    with np.load((prepared_dir or config.PREPARED_DIR) / f"{name}.npz") as npz:
-        return PreparedSplit(
-            images=npz["images"],
-            labels=npz["labels"],
-            files=npz["files"].tolist(),
-            patients=npz["patients"].tolist(),
-        )
-
-
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
-    params = config.load_params()["prepare"]
     try:
+        params = load_params().prepare
         splits, report = prepare(
-            config.RAW_DIR, params["image_size"], params["val_fraction"], params["seed"]
+            config.RAW_DIR, params.image_size, params.val_fraction, params.seed
         )
-    except EmptySplitError as exc:
+    except (EmptySplitError, ParamsError) as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
         return 1
     save(splits, report, config.PREPARED_DIR, config.METRICS_DIR / "data.json")

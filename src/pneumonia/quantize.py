@@ -7,7 +7,7 @@ Weights are quantised per output channel (int8), activations per tensor (uint8) 
 measured on real training images (never validation or test ones, which judge the result), in
 the QDQ format. Only Conv nodes are quantised: the in-graph standardisation, the pooling and the
 2-class head stay in float. The result is a complete bundle (model.json updated with the new
-sha256 and a ``quantization`` entry) that ``pneumonia.predict.Bundle`` and the web app load
+sha256 and a ``quantization`` entry) that ``pneumonia.serving.Bundle`` and the web app load
 unchanged. Its accuracy against the float model: ``bench/inference.py``.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from pneumonia import config
 from pneumonia.files import atomic_directory
-from pneumonia.predict import Bundle, BundleError, sha256_file
+from pneumonia.serving import Bundle, BundleError, sha256_file
 
 
 class QuantizeError(RuntimeError):
@@ -109,18 +109,25 @@ def quantize_model(bundle: Bundle, out_onnx: Path, calibration: np.ndarray) -> N
     quantize_onnx(bundle.onnx_path, out_onnx, inputs)
 
 
+def quantized(bundle: Bundle, out_onnx: Path, calibration: np.ndarray) -> dict:
+    """Write the INT8 version of ``bundle``'s float model to ``out_onnx``; return its manifest
+    (the float one with the new sha256, version and a ``quantization`` entry). The one
+    quantisation path: the export stage and ``quantize_bundle`` both use it."""
+    quantize_model(bundle, out_onnx, calibration)
+    manifest = dict(bundle.manifest)
+    manifest["onnx_sha256"] = sha256_file(out_onnx)
+    manifest["version"] = manifest["onnx_sha256"][:12]
+    manifest["quantization"] = quantization_entry(len(calibration), bundle.manifest["onnx_sha256"])
+    return manifest
+
+
 def quantize_bundle(bundle_dir: Path, out_dir: Path, calibration: np.ndarray) -> dict:
     """Write an INT8 copy of the float bundle at ``bundle_dir`` to ``out_dir``, its activation
     ranges measured on ``calibration`` (uint8 N x S x S). Returns the new manifest. ``out_dir``
     is replaced only once the new bundle is complete and loads."""
     bundle = Bundle(bundle_dir)
     with atomic_directory(Path(out_dir)) as staged:
-        quantize_model(bundle, staged / "model.onnx", calibration)
-        manifest = dict(bundle.manifest)
-        manifest["onnx_sha256"] = sha256_file(staged / "model.onnx")
-        manifest["quantization"] = quantization_entry(
-            len(calibration), bundle.manifest["onnx_sha256"]
-        )
+        manifest = quantized(bundle, staged / "model.onnx", calibration)
         (staged / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         Bundle(staged)  # loads and checks the sha256, or raises before anything is replaced
     return manifest
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=config.MODELS_DIR / "bundle-int8")
     parser.add_argument("--calibration-images", type=int, default=128)
     args = parser.parse_args(argv)
-    from pneumonia.prepare import load_split
+    from pneumonia.prepared import load_split
 
     try:
         train = load_split("train")

@@ -27,6 +27,7 @@ from pathlib import Path
 from pneumonia import config
 from pneumonia.gate import MetricsError, run_gate
 from pneumonia.package import SLUG_SOURCES
+from pneumonia.params import ParamsError
 from pneumonia.retrain import append_github_file
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         plan = plan_deploy(args.base)
-    except MetricsError as exc:
+    except (MetricsError, ParamsError) as exc:
         print(f"release: error: {exc}", file=sys.stderr)
         return 2
     print(f"release: {plan.summary}")

@@ -20,6 +20,8 @@ import yaml
 
 from pneumonia import config
 from pneumonia.gate import COMPARED, MetricsError, Verdict, git_show, run_gate
+from pneumonia.params import ParamsError, as_dict
+from pneumonia.params import load as load_params
 from pneumonia.tracking import flatten_params
 
 NAMES = {
@@ -73,7 +75,7 @@ def comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
 
 
 def params_diff(base: str, root: Path) -> list[str]:
-    here = flatten_params(config.load_params(root / "params.yaml"))
+    here = flatten_params(as_dict(load_params(root / "params.yaml")))
     raw = git_show(base, "params.yaml", root)
     there = flatten_params(yaml.safe_load(raw) or {}) if raw else {}
     changed = sorted(k for k in here.keys() | there.keys() if here.get(k) != there.get(k))
@@ -202,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verdict = run_gate(args.base, root)
         text = render(verdict, args.base, root)
-    except MetricsError as exc:
+    except (MetricsError, ParamsError) as exc:
         # The comment must still say what went wrong: a report that fails silently is worse.
         text = f"## Model report\n\n**Gate: :x: ERROR**\n\n{exc}\n"
         args.out.write_text(text)

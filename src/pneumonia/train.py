@@ -16,8 +16,6 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -33,29 +31,20 @@ from pneumonia.model import (
     save_checkpoint,
     to_input,
 )
-from pneumonia.prepare import PreparedSplit, load_split
+from pneumonia.params import AugmentParams, ParamsError, TrainParams, as_dict
+from pneumonia.params import load as load_params
+from pneumonia.prepared import PreparedSplit, load_split
 
-SELECTIONS = ("last", "best_val_loss")
 
+def augment(x: torch.Tensor, aug: AugmentParams, generator: torch.Generator) -> torch.Tensor:
+    """Augment a batch N x 1 x H x W of floats in [0, 1]; returns a new tensor in [0, 1].
 
-@dataclass(frozen=True)
-class Augment:
-    """Random photometric and geometric changes applied per image at training time.
-
-    The fields added after the first four default to off, so old params files mean the same.
+    ``hflip``: probability of a horizontal flip; ``rotation_deg``: uniform in [-deg, +deg];
+    ``brightness``: multiply by uniform in [1-b, 1+b]; ``contrast``: scale around the image mean
+    by uniform in [1-c, 1+c]; ``crop_scale``: random resized crop, area uniform in [s, 1] (1 =
+    off); ``gamma``: x ** g, log g uniform in [-log(1+gamma), log(1+gamma)]; ``noise``: Gaussian,
+    std uniform in [0, noise].
     """
-
-    hflip: float = 0.5  # probability of a horizontal flip
-    rotation_deg: float = 10.0  # uniform in [-deg, +deg]
-    brightness: float = 0.2  # multiply by uniform in [1-b, 1+b]
-    contrast: float = 0.2  # scale around the image mean by uniform in [1-c, 1+c]
-    crop_scale: float = 1.0  # random resized crop: area fraction uniform in [s, 1]; 1 = off
-    gamma: float = 0.0  # x ** g with log g uniform in [-log(1+gamma), log(1+gamma)]
-    noise: float = 0.0  # additive Gaussian noise, std uniform in [0, noise]
-
-
-def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Augment a batch N x 1 x H x W of floats in [0, 1]; returns a new tensor in [0, 1]."""
     n = x.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
@@ -157,40 +146,38 @@ def train(
     model: nn.Module,
     train_split: PreparedSplit,
     val_split: PreparedSplit,
-    params: dict[str, Any],
+    params: TrainParams,
     on_epoch: Callable[[dict[str, float], nn.Module], None] = lambda record, model: None,
     device: str = "cpu",
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
     """Train ``model`` (from ``build_model``); return it (eval mode, on the CPU), the per-epoch
     history, and a record of the epoch whose weights are returned.
 
-    ``params["select"]``: ``last`` runs every planned epoch and returns the last one (the end
+    ``params.select``: ``last`` runs every planned epoch and returns the last one (the end
     of the schedule; docs/model-quality.md); ``best_val_loss`` returns the epoch with the
     lowest validation loss and stops early after ``early_stopping_patience`` epochs without
     improvement. ``on_epoch(record, model)`` runs after each epoch. Seeds every generator from
-    ``params["seed"]``. ``device``: where to train (the pipeline uses the CPU; bench/seeds.py
+    ``params.seed``. ``device``: where to train (the pipeline uses the CPU; bench/seeds.py
     can use a GPU).
     """
-    generator = seed_everything(int(params["seed"]))
+    generator = seed_everything(params.seed)
     device_type = torch.device(device).type
     model = model.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(params["lr"]))
-    weight = class_weights(train_split.labels, params["class_weighting"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
+    weight = class_weights(train_split.labels, params.class_weighting)
     criterion = nn.CrossEntropyLoss(
         weight=None if weight is None else weight.to(device),
-        label_smoothing=float(params.get("label_smoothing", 0.0)),
+        label_smoothing=params.label_smoothing,
     )
-    aug = Augment(**params.get("augment", {}))
-    precision = resolve_precision(params.get("precision", "fp32"), device_type)
-    batch_size = int(params["batch_size"])
+    aug = params.augment
+    precision = resolve_precision(params.precision, device_type)
+    batch_size = params.batch_size
     images = torch.from_numpy(train_split.images)
     labels = torch.from_numpy(train_split.labels)
-    epochs = int(params["epochs"])
-    selection = params.get("select", "best_val_loss")
-    if selection not in SELECTIONS:
-        raise ValueError(f"train.select must be one of {SELECTIONS}, got {selection!r}")
+    epochs = params.epochs
+    selection = params.select
     steps_per_epoch = math.ceil(len(images) / batch_size)
-    scheduler = lr_schedule(optimizer, params.get("schedule", "constant"), epochs * steps_per_epoch)
+    scheduler = lr_schedule(optimizer, params.schedule, epochs * steps_per_epoch)
 
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = math.inf, None, 0
@@ -203,7 +190,7 @@ def train(
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(
             range(0, len(order), batch_size),
-            desc=f"epoch {epoch}/{params['epochs']}",
+            desc=f"epoch {epoch}/{epochs}",
             unit="batch",
             file=sys.stderr,
             disable=None,  # no bar where stderr is not a terminal: the epoch line below says it
@@ -249,7 +236,7 @@ def train(
             best_loss, best_state, stale = record["val_loss"], copy.deepcopy(model.state_dict()), 0
         else:
             stale += 1
-            if stale >= int(params["early_stopping_patience"]):
+            if stale >= params.early_stopping_patience:
                 print(f"early stopping: no val loss improvement in {stale} epochs", file=sys.stderr)
                 break
     if selection == "last":
@@ -286,18 +273,22 @@ def write_history(history: list[dict[str, float]], path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
-    all_params = config.load_params()
-    params = all_params["train"]
+    try:
+        all_params = load_params()
+    except ParamsError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 1
+    params = all_params.train
     train_split, val_split = load_split("train"), load_split("val")
     try:
-        torch.manual_seed(int(params["seed"]))  # the head's init, before train() reseeds
+        torch.manual_seed(params.seed)  # the head's init, before train() reseeds
         # before MLflow opens a run for nothing
-        model = build_model(str(params["weights"]), str(params.get("input_norm", "fixed")))
+        model = build_model(params.weights, params.input_norm)
     except WeightsUnavailableError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
     try:
-        tracking.start_run(all_params)
+        tracking.start_run(as_dict(all_params))
     except tracking.TrackingUnavailableError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
@@ -310,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         model, history, kept = train(model, train_split, val_split, params, log_epoch)
         summary = summarize(history, kept)
         mlflow.log_metrics({f"train_{k}": float(v) for k, v in summary.items()})
-        mlflow.set_tag("train.precision_used", resolve_precision(params.get("precision", "fp32")))
+        mlflow.set_tag("train.precision_used", resolve_precision(params.precision))
 
-    save_checkpoint(model, config.MODEL_FILE, train_split.images.shape[-1], str(params["weights"]))
+    save_checkpoint(model, config.MODEL_FILE, train_split.images.shape[-1], params.weights)
     (config.METRICS_DIR / "train.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_history(history, config.METRICS_DIR / "train_history.csv")
     print(f"train: {json.dumps(summary)}")

@@ -60,6 +60,21 @@ def test_stage_deps_cover_every_imported_module(name):
 
 def test_a_removed_dep_is_found():
     stage = dict(STAGES["evaluate"])
-    stage["deps"] = [d for d in stage["deps"] if d != "src/pneumonia/predict.py"]
-    assert missing_deps(stage) == ["src/pneumonia/predict.py"]
-    assert "predict" in import_closure("evaluate") and "data" in import_closure("evaluate")
+    stage["deps"] = [d for d in stage["deps"] if d != "src/pneumonia/serving.py"]
+    assert missing_deps(stage) == ["src/pneumonia/serving.py"]
+    assert "serving" in import_closure("evaluate") and "prepared" in import_closure("evaluate")
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_list_no_module_the_stage_does_not_import(name):
+    """A stale dep reruns the stage (training: an hour) for a change that cannot affect it."""
+    module = re.fullmatch(r"python -m pneumonia\.(\w+)", STAGES[name]["cmd"]).group(1)
+    listed = {d for d in STAGES[name]["deps"] if d.startswith("src/pneumonia/")}
+    needed = {f"src/pneumonia/{m}.py" for m in import_closure(module)}
+    assert sorted(listed - needed) == [], f"dvc.yaml stage {name} lists modules it never imports"
+
+
+def test_training_does_not_depend_on_image_decoding():
+    """The decoder (shared with the web app) feeds training through data/prepared only: a fix
+    to it reruns prepare, and train only if the prepared arrays change."""
+    assert "serving" not in import_closure("train") and "data" not in import_closure("train")

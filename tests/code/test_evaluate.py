@@ -78,7 +78,7 @@ def test_threshold_needs_both_classes_and_a_known_method():
 
 def test_fitted_temperature_undoes_overconfidence():
     from pneumonia.evaluate import expected_calibration_error, fit_temperature
-    from pneumonia.model import positive_probability
+    from pneumonia.serving import positive_probability
 
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, size=(4000, 2))
@@ -122,7 +122,7 @@ def test_platt_calibration_undoes_a_prior_shift_that_temperature_cannot():
 
 def test_calibrated_probability_is_softmax_without_calibration_and_never_overflows():
     from pneumonia.evaluate import calibrated_probability
-    from pneumonia.model import positive_probability
+    from pneumonia.serving import positive_probability
 
     logits = np.array([[0.3, 2.0], [1.0, -1.0], [900.0, -900.0], [-900.0, 900.0]])
     assert calibrated_probability(logits, 1.0, 0.0) == pytest.approx(positive_probability(logits))
@@ -143,7 +143,7 @@ def test_calibration_method_none_and_unknown():
 
 def test_errors_are_listed_by_class_most_confident_first(tmp_path):
     from pneumonia.evaluate import write_errors
-    from pneumonia.prepare import PreparedSplit
+    from pneumonia.prepared import PreparedSplit
 
     split = PreparedSplit(
         images=np.zeros((5, 2, 2), np.uint8),

@@ -92,7 +92,7 @@ def test_ingest_command_adds_files_and_records_a_new_data_version(tmp_path, new_
     out = result.stdout
     assert "added 3 image(s)" in out and "train  NORMAL +2  PNEUMONIA +1" in out
     assert "skipped 1 duplicate" in out and "rejected 3 file(s)" in out
-    assert "notes.jpeg: not an image" in out
+    assert "notes.jpeg: This file is not an image" in out
 
     assert len(list_images(data)) == before_count + 3
     for path in good:

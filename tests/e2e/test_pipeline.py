@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pneumonia.data import load_image, resize
-from pneumonia.predict import Bundle, sha256_file
+from pneumonia.data import load_image
+from pneumonia.serving import Bundle, resize, sha256_file
 from tests.conftest import SAMPLES, TINY_PARAMS, copy_subset, make_repo, run, tool_env
 
 pytestmark = pytest.mark.slow

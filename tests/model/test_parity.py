@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from pneumonia.data import load_image, resize
 from pneumonia.export import ParityError, export
-from pneumonia.model import positive_probability, predict_logits
-from pneumonia.predict import Bundle, BundleError, class_activation_map, sha256_file
-from tests.bundles import EXPORT_PARAMS, calibrated_model, make_bundle
+from pneumonia.model import predict_logits
+from pneumonia.serving import (
+    WORKING_SIDE,
+    Bundle,
+    BundleError,
+    class_activation_map,
+    positive_probability,
+    read_image,
+    resize,
+    sha256_file,
+)
+from tests.bundles import EXPORT_PARAMS, UNCALIBRATED, calibrated_model, make_bundle
 from tests.bundles import real_images as _real_images
 from tests.conftest import SAMPLES, require_data
 
 SIZE = 64
 PARAMS = EXPORT_PARAMS
-METRICS = {"threshold": 0.42, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8}
+METRICS = {
+    "threshold": 0.42,
+    "accuracy": 0.9,
+    "sensitivity": 0.95,
+    "specificity": 0.8,
+    **UNCALIBRATED,
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +74,34 @@ def test_manifest_describes_the_bundle(bundle_dir):
 
 
 def test_serving_from_file_bytes_matches_training_preprocessing(model, bundle_dir):
-    """Full-size originals as a clinician uploads them (grayscale and RGB, any size)."""
+    """Full-size originals as a clinician uploads them (grayscale and RGB, any size): ONNX
+    Runtime from file bytes gives torch's probability on the same decoded image."""
     require_data()
     bundle = Bundle(bundle_dir)
     paths = sorted(SAMPLES.rglob("*.jpeg"))
     for path in paths:
         served = bundle.predict_bytes(path.read_bytes())
-        reference = positive_probability(
-            predict_logits(model, resize(load_image(path), SIZE)[None])
-        )[0]
+        decoded = read_image(path.read_bytes(), max_side=WORKING_SIDE)
+        reference = positive_probability(predict_logits(model, resize(decoded, SIZE)[None]))[0]
         assert served.probability == pytest.approx(float(reference), abs=1e-4), path.name
         expected = "PNEUMONIA" if served.probability >= 0.42 else "NORMAL"
         assert served.label == expected and served.threshold == 0.42
-        assert served.cam.shape == (SIZE, SIZE) and 0 <= served.cam.min() <= served.cam.max() <= 1
+        cam = served.heat_map((SIZE, SIZE))
+        assert cam.shape == (SIZE, SIZE) and 0 <= cam.min() <= cam.max() <= 1
+
+
+def test_reduced_scale_decoding_changes_the_model_input_by_less_than_a_grey_level():
+    """Large JPEG uploads are decoded at 1/2-1/8 scale (bounded memory); what the model sees
+    at 224 px stays what a full decode gives, within rounding."""
+    require_data()
+    reduced = 0
+    for path in sorted(SAMPLES.rglob("*.jpeg")):
+        data = path.read_bytes()
+        full, fast = read_image(data), read_image(data, max_side=WORKING_SIDE)
+        reduced += fast.size != full.size
+        difference = np.abs(resize(full, 224).astype(int) - resize(fast, 224).astype(int))
+        assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 3, path.name
+    assert reduced > 0, "some samples are large enough to be decoded at reduced scale"
 
 
 def test_class_activation_map_is_the_head_weighted_feature_sum():
@@ -95,10 +125,10 @@ def test_tampered_bundle_is_refused(bundle_dir, tmp_path):
 
 
 def test_parity_failure_writes_no_bundle(model, tmp_path):
-    strict = {**PARAMS, "export": {"opset": 18, "parity_tolerance": -1.0}}  # nothing passes
+    strict = replace(PARAMS, parity_tolerance=-1.0)  # nothing passes
     out = tmp_path / "bundle"
     with pytest.raises(ParityError, match="not exporting"):
-        export(model, SIZE, real_images("test", 2), METRICS, METRICS, strict, out)
+        export(model, SIZE, real_images("test", 2), METRICS, METRICS, strict, "none", out)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

@@ -4,19 +4,33 @@ and never half-written."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from pneumonia.config import LABELS
-from pneumonia.export import QuantizationError, export
-from pneumonia.predict import Bundle
-from pneumonia.prepare import PreparedSplit
+from pneumonia.export import export
+from pneumonia.params import ExportParams
+from pneumonia.prepared import PreparedSplit
 from pneumonia.quantize import QuantizeError, calibration_sample, main, quantize_bundle
-from tests.bundles import EXPORT_PARAMS, calibrated_model, make_bundle, real_images
+from pneumonia.serving import Bundle
+from tests.bundles import (
+    EXPORT_PARAMS,
+    UNCALIBRATED,
+    calibrated_model,
+    make_bundle,
+    real_images,
+)
 
 SIZE = 64
-METRICS = {"threshold": 0.42, "accuracy": 0.9, "sensitivity": 0.95, "specificity": 0.8}
+METRICS = {
+    "threshold": 0.42,
+    "accuracy": 0.9,
+    "sensitivity": 0.95,
+    "specificity": 0.8,
+    **UNCALIBRATED,
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +52,10 @@ def test_int8_bundle_loads_and_is_smaller(float_bundle, int8_bundle):
     assert manifest["quantization"]["calibration_images"] == 32
     assert manifest["quantization"]["float_onnx_sha256"] == original["onnx_sha256"]
     assert manifest["onnx_sha256"] != original["onnx_sha256"]
-    assert {k: v for k, v in manifest.items() if k not in ("quantization", "onnx_sha256")} == {
-        k: v for k, v in original.items() if k != "onnx_sha256"
+    assert manifest["version"] == manifest["onnx_sha256"][:12]
+    new = ("quantization", "onnx_sha256", "version")
+    assert {k: v for k, v in manifest.items() if k not in new} == {
+        k: v for k, v in original.items() if k not in new
     }, "labels, input, threshold and calibration must stay those of the float model"
     size_int8 = (int8_bundle / "model.onnx").stat().st_size
     assert size_int8 < 0.35 * (float_bundle / "model.onnx").stat().st_size
@@ -94,9 +110,8 @@ def _split(n: int) -> PreparedSplit:
     return PreparedSplit(images=images, labels=labels, files=names, patients=names)
 
 
-def _int8_params(max_drop: float, quantize: str = "int8") -> dict:
-    export = {**EXPORT_PARAMS["export"], "quantize": quantize, "max_accuracy_drop": max_drop}
-    return {**EXPORT_PARAMS, "export": export}
+def _int8_params(max_drop: float) -> ExportParams:
+    return replace(EXPORT_PARAMS, quantize="int8", max_accuracy_drop=max_drop)
 
 
 def test_export_serves_int8_and_records_its_test_accuracy(tmp_path):
@@ -111,6 +126,7 @@ def test_export_serves_int8_and_records_its_test_accuracy(tmp_path):
         metrics,
         metrics,
         _int8_params(1.0),
+        "none",
         out,
         calibration=real_images("train", 8, SIZE),
         test_split=test,
@@ -134,7 +150,7 @@ def test_export_refuses_an_int8_model_that_loses_accuracy(tmp_path):
     out.mkdir()
     (out / "model.json").write_text("the deployed bundle")
     metrics = {**METRICS, "accuracy": 1.0}  # no INT8 model of this net reaches it
-    with pytest.raises(QuantizationError, match="export.quantize: none"):
+    with pytest.raises(QuantizeError, match="export.quantize: none"):
         export(
             calibrated_model(SIZE, "per_image"),
             SIZE,
@@ -142,6 +158,7 @@ def test_export_refuses_an_int8_model_that_loses_accuracy(tmp_path):
             metrics,
             metrics,
             _int8_params(0.005),
+            "none",
             out,
             calibration=real_images("train", 4, SIZE),
             test_split=_split(8),
@@ -149,17 +166,3 @@ def test_export_refuses_an_int8_model_that_loses_accuracy(tmp_path):
     assert [p.name for p in out.iterdir()] == ["model.json"]
     assert (out / "model.json").read_text() == "the deployed bundle"
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"], "no staging folder left"
-
-
-def test_export_rejects_an_unknown_quantization(tmp_path):
-    with pytest.raises(ValueError, match="none or int8"):
-        export(
-            calibrated_model(SIZE),
-            SIZE,
-            real_images("test", 2, SIZE),
-            METRICS,
-            METRICS,
-            _int8_params(0.005, "fp16"),
-            tmp_path / "bundle",
-        )
-    assert not (tmp_path / "bundle").exists()

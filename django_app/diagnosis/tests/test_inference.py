@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -11,11 +12,16 @@ from PIL import Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from diagnosis.imaging import UnreadableImage, read_upload
-from diagnosis.inference import ServedModel, activation_map, get_model
-from pneumonia.data import load_image, resize
-from pneumonia.model import positive_probability, predict_logits
-from pneumonia.predict import Bundle
+from diagnosis.inference import ServedModel, get_model, read_upload
+from pneumonia.data import load_image
+from pneumonia.model import predict_logits
+from pneumonia.serving import (
+    Bundle,
+    InvalidImage,
+    class_activation_map,
+    positive_probability,
+    resize,
+)
 
 SIZE = 64
 
@@ -27,7 +33,7 @@ def test_app_probabilities_equal_the_training_code_on_real_samples(
     served = ServedModel(bundle_dir)
     app, train = [], []
     for path in samples:
-        app.append(served.probability(read_upload(path.read_bytes()))[0])
+        app.append(served.predict(read_upload(path.read_bytes())).probability)
         gray = resize(load_image(path), SIZE)[None]
         train.append(float(positive_probability(predict_logits(torch_model, gray))[0]))
     assert len(app) == len(samples) >= 40
@@ -35,16 +41,21 @@ def test_app_probabilities_equal_the_training_code_on_real_samples(
     assert np.std(app) > 1e-3  # a constant model would make the comparison empty
 
 
-def test_app_and_pipeline_serving_code_agree_exactly(bundle_dir, samples):
-    served, pipeline = ServedModel(bundle_dir), Bundle(bundle_dir)
-    for path in samples[:8]:
-        ours = served.probability(read_upload(path.read_bytes()))[0]
-        theirs = pipeline.predict_bytes(path.read_bytes()).probability
-        assert ours == pytest.approx(theirs, abs=1e-6)
+def test_the_app_serves_with_the_pipelines_serving_module(bundle_dir, tmp_path):
+    """One source: the app imports pneumonia.serving, here from src/ and in the slug from the
+    copy that pneumonia.package puts there, byte for byte the same file."""
+    from diagnosis import inference
+    from pneumonia import package, serving
+
+    assert inference.serving is serving and inference.ServedModel.__mro__[1] is serving.Bundle
+    package.package_app(package.APP_DIR, bundle_dir, tmp_path / "slug")
+    shipped = tmp_path / "slug" / "pneumonia" / "serving.py"
+    assert shipped.read_bytes() == Path(serving.__file__).read_bytes()
+    assert not (tmp_path / "slug" / "pneumonia" / "train.py").exists()
 
 
 def test_prediction_carries_label_threshold_and_images(samples):
-    result = get_model().predict(read_upload(samples[0].read_bytes()))
+    result = get_model().predict_image(read_upload(samples[0].read_bytes()))
     assert result.label in ("NORMAL", "PNEUMONIA") and result.threshold == 0.5
     assert (result.label == "PNEUMONIA") == (result.probability >= 0.5)
     original = Image.open(io.BytesIO(result.original_png))
@@ -73,7 +84,7 @@ def test_overlay_tables_match_the_colour_ramp_formula():
 def test_activation_map_peaks_where_the_evidence_is():
     features = np.zeros((2, 4, 4), np.float32)
     features[0, 3, 0] = 5.0  # evidence at the bottom-left
-    cam = activation_map(features, np.array([1.0, 0.0], np.float32), (40, 40))
+    cam = class_activation_map(features, np.array([1.0, 0.0], np.float32), (40, 40))
     assert cam.shape == (40, 40) and cam.max() == pytest.approx(1.0, abs=0.05)
     row, col = np.unravel_index(np.argmax(cam), cam.shape)
     assert row >= 30 and col <= 10
@@ -120,7 +131,7 @@ def test_dicom_window_is_applied():
 
 def test_damaged_dicom_is_refused_politely():
     data = dicom_bytes(np.zeros((64, 64)), "MONOCHROME2")
-    with pytest.raises(UnreadableImage, match="DICOM file could not be read"):
+    with pytest.raises(InvalidImage, match="DICOM file could not be read"):
         read_upload(data[: len(data) // 2])
 
 
@@ -139,9 +150,9 @@ def test_the_bundles_calibration_is_applied(torch_model, tmp_path, samples):
         gray = read_upload(path.read_bytes())
         logits = predict_logits(torch_model, resize(load_image(path), SIZE)[None])
         expected = float(calibrated_probability(logits, 0.4, 1.5)[0])
-        assert served.probability(gray)[0] == pytest.approx(expected, abs=1e-3)
+        assert served.predict(gray).probability == pytest.approx(expected, abs=1e-3)
         assert Bundle(bundle).predict_bytes(path.read_bytes()).probability == pytest.approx(
-            served.probability(gray)[0], abs=1e-6
+            served.predict(gray).probability, abs=1e-6
         )
         uncalibrated = float(positive_probability(logits)[0])
         assert abs(expected - uncalibrated) > 0.05  # the calibration really changes the answer
@@ -161,13 +172,13 @@ def test_an_int8_bundle_is_served_like_the_float_one(bundle_dir, tmp_path, sampl
     changed = []
     for path in samples[:8]:
         gray = read_upload(path.read_bytes())
-        ours = served.probability(gray)[0]
+        ours = served.predict(gray).probability
         assert ours == pytest.approx(
             pipeline.predict_bytes(path.read_bytes()).probability, abs=1e-6
         )
-        changed.append(abs(ours - float_model.probability(gray)[0]))
+        changed.append(abs(ours - float_model.predict(gray).probability))
     assert 0 < max(changed) < 0.2, "quantised, yet close to the float model"
-    result = served.predict(read_upload(samples[0].read_bytes()))
+    result = served.predict_image(read_upload(samples[0].read_bytes()))
     assert Image.open(io.BytesIO(result.heatmap_jpeg)).mode == "RGB"
     from django.conf import settings
 
@@ -192,4 +203,4 @@ def test_warm_up_loads_and_runs_the_model_or_logs_why_not(settings, tmp_path, ca
     settings.MODEL_DIR = tmp_path / "missing"
     inference.reset()
     inference.warm_up()  # does not raise: /health reports the missing model
-    assert "model not loaded" in caplog.text and "No model bundle" in caplog.text
+    assert "model not loaded" in caplog.text and "model.json is missing" in caplog.text
