@@ -41,8 +41,7 @@ class ServedModel(serving.Bundle):
 
     def predict_image(self, gray: Image.Image) -> Result:
         prediction = self.predict(gray)
-        display = gray.copy()
-        display.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.BILINEAR)
+        display = display_copy(gray)
         return Result(
             label=prediction.label,
             probability=prediction.probability,
@@ -50,6 +49,16 @@ class ServedModel(serving.Bundle):
             original_png=to_png(display),
             heatmap_jpeg=to_jpeg(overlay(display, prediction.heat_map(display.size))),
         )
+
+
+def display_copy(gray: Image.Image) -> Image.Image:
+    """The image at most DISPLAY_SIDE wide or high, aspect kept (no full-size copy first)."""
+    width, height = gray.size
+    if max(width, height) <= DISPLAY_SIDE:
+        return gray
+    scale = DISPLAY_SIDE / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return gray.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def read_upload(data: bytes) -> Image.Image:

@@ -79,8 +79,8 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
         probability=result.probability,
         threshold=result.threshold,
         image_sha256=hashlib.sha256(data).hexdigest(),
-        image_width=gray.width,
-        image_height=gray.height,
+        image_width=gray.info["source_size"][0],
+        image_height=gray.info["source_size"][1],
     )
     hold_image(prediction, result.original_png)  # metadata-free, for consent within the hour
     # Log the outcome only: no file name, no image, nothing that could identify a patient.

@@ -31,8 +31,9 @@ ACCEPTED_FORMATS = {"JPEG", "MPO", "PNG"}  # MPO: JPEG as written by many phone 
 MIN_SIDE = 32  # smaller carries no diagnostic information at our input sizes
 MAX_PIXELS = 64_000_000  # ~8000 x 8000; larger is a decompression bomb, not an X-ray
 # The largest decoded raster (all channels, all bits) one image may need: 8-bit grayscale up to
-# MAX_PIXELS; 16-bit, RGB and RGBA rasters accordingly fewer pixels. Keeps a 512 MB dyno alive.
-MAX_DECODED_BYTES = 64 * 2**20
+# 33 megapixels, 16-bit up to 16 (4096 x 4096), RGB 11, RGBA 8; DICOM counts twice (pydicom
+# holds the pixel data and the array). Keeps a worker under 300 MB: bench/upload_memory.py.
+MAX_DECODED_BYTES = 32 * 2**20
 BAND_ROWS = 256  # rows converted at a time where floats are needed
 _BYTES_PER_PIXEL = {
     "1": 1,
@@ -105,11 +106,14 @@ def read_image(data: bytes, max_side: int | None = None) -> Image.Image:
 
     ``max_side``: the caller needs no more than this many pixels on the longer side, so a large
     JPEG may be decoded at 1/2, 1/4 or 1/8 scale (never below ``max_side``). ``None`` decodes at
-    full size, as the pipeline does for its training images.
+    full size, as the pipeline does for its training images. ``image.info["source_size"]`` is
+    the upright (width, height) of the image as stored in the file.
     """
     if not data:
         raise InvalidImage(f"The file is empty. {FORMATS_HINT}")
-    return _read_dicom(data) if _is_dicom(data) else _read_picture(data, max_side)
+    image = _read_dicom(data) if _is_dicom(data) else _read_picture(data, max_side)
+    image.info.setdefault("source_size", image.size)
+    return image
 
 
 def resize(image: Image.Image, size: int) -> np.ndarray:
@@ -153,6 +157,7 @@ def _read_picture(data: bytes, max_side: int | None) -> Image.Image:
                     f" {FORMATS_HINT}"
                 )
             _check_size(*image.size)
+            stored = image.size
             if fmt in ("JPEG", "MPO") and max_side and max(image.size) >= 2 * max_side:
                 # Decode at 1/2, 1/4 or 1/8 scale (never below max_side): the DCT does the
                 # downsampling, at a fraction of the memory and time of a full decode.
@@ -173,7 +178,11 @@ def _read_picture(data: bytes, max_side: int | None) -> Image.Image:
                 "The image file is damaged or incomplete (corrupt or truncated upload?). Try"
                 " again with the original file."
             ) from None
-    return to_grayscale(ImageOps.exif_transpose(image))
+    scale = stored[0] / image.size[0]  # > 1 where decoded at reduced scale
+    ImageOps.exif_transpose(image, in_place=True)  # not a copy: one raster at a time
+    gray = to_grayscale(image)
+    gray.info["source_size"] = (round(gray.width * scale), round(gray.height * scale))
+    return gray
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
@@ -227,7 +236,7 @@ def _dicom_unreadable(detail: str = "") -> InvalidImage:
 
 
 def _check_inflated_size(data: bytes, preamble: bool) -> None:
-    """A deflated DICOM's data set is inflated in 1 MB steps and counted, so that a small file
+    """A deflated DICOM's data set is inflated step by step and counted, so that a small file
     declaring a huge image is refused before pydicom inflates all of it into memory."""
     start = 132 if preamble else 0
     if data[start : start + 6] != b"\x02\x00\x00\x00UL":  # (0002,0000) group length, UL
@@ -235,9 +244,12 @@ def _check_inflated_size(data: bytes, preamble: bool) -> None:
     body = data[start + 12 + int.from_bytes(data[start + 8 : start + 12], "little") :]
     inflater, total, limit = zlib.decompressobj(-zlib.MAX_WBITS), 0, MAX_DECODED_BYTES
     try:
-        while body and total <= limit:
-            total += len(inflater.decompress(body, 1 << 20))
-            body = inflater.unconsumed_tail
+        # 16 KB of input at a time: deflate expands at most ~1032:1, so no step holds more
+        # than 17 MB. (Draining with max_length instead can stall on some streams.)
+        for start in range(0, len(body), 1 << 14):
+            total += len(inflater.decompress(body[start : start + (1 << 14)]))
+            if total > limit or inflater.eof:
+                break
     except zlib.error:
         raise _dicom_unreadable("its deflated data is damaged") from None
     if total > limit:
@@ -251,13 +263,16 @@ def _dicom_number(ds: Any, keyword: str, default: float | None = None) -> float 
     """A numeric DICOM element (the first of several values), or ``InvalidImage``."""
     if keyword not in ds:
         return default
-    value = ds[keyword].value
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        value = value[0] if len(value) else None
+    element = ds[keyword]
     try:
+        value = element.value
+        if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+            value = value[0] if len(value) else None
         number = float(value)
-    except (TypeError, ValueError):
-        raise _dicom_unreadable(f"{keyword} is {str(value)[:20]!r}, not a number") from None
+    except (TypeError, ValueError, OverflowError):
+        raw = getattr(element, "value", b"")
+        shown = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+        raise _dicom_unreadable(f"{keyword} is {shown.strip()[:20]!r}, not a number") from None
     if not np.isfinite(number):
         raise _dicom_unreadable(f"{keyword} is not a finite number")
     return number
