@@ -1,17 +1,27 @@
-"""Who is asking: session login (throttled) for pages, bearer tokens for the API."""
+"""Who is asking: session login (throttled in the authentication backend, so every sign-in
+form is) for pages, bearer tokens for the API.
+
+The throttle is ours rather than django-axes: it is one backend and one table, counts with a
+single atomic upsert (parallel attempts cannot share a slot), and locks an address per name
+rather than the name itself, so guessing cannot lock a clinician out.
+"""
 
 from __future__ import annotations
 
 import functools
+import unicodedata
 from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import views as auth_views
-from django.core.cache import cache
+from django.contrib.auth.backends import ModelBackend
+from django.core.exceptions import PermissionDenied
+from django.db import connection
+from django.db.models import F
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 
-from diagnosis.models import ApiToken, hash_token
+from diagnosis.models import ApiToken, LoginFailure, hash_token
 
 
 def api_error(status: int, code: str, message: str) -> JsonResponse:
@@ -66,24 +76,74 @@ def client_address(request: HttpRequest) -> str:
     return request.META.get("REMOTE_ADDR", "")
 
 
-def _failure_keys(request: HttpRequest) -> list[str]:
-    username = str(request.POST.get("username", "")).strip().lower()[:150]
-    return [f"login-fail:user:{username}", f"login-fail:ip:{client_address(request)}"]
+def normalised_username(username: str) -> str:
+    """The name as the throttle sees it: NFKC (fullwidth and mathematical letters become plain
+    ones, as Django's login form does) and case-folded, so lookalikes share one counter."""
+    return unicodedata.normalize("NFKC", str(username)).casefold().strip()[:150]
 
 
-def login_locked(request: HttpRequest) -> bool:
+def _limits(request: HttpRequest, username: str) -> dict[str, int]:
+    """Each throttle key and its limit. One address may fail LOGIN_FAILURE_LIMIT times for a
+    name, and as often across names; a name may fail LOGIN_FAILURE_LIMIT_PER_USER times across
+    addresses: so one attacker can lock only their own address out, not the clinician."""
+    name, address = normalised_username(username), client_address(request)
     limit = settings.LOGIN_FAILURE_LIMIT
-    return any((cache.get(key) or 0) >= limit for key in _failure_keys(request))
+    return {
+        f"login-fail:pair:{address}:{name}": limit,
+        f"login-fail:ip:{address}": limit,
+        f"login-fail:user:{name}": settings.LOGIN_FAILURE_LIMIT_PER_USER,
+    }
 
 
-def record_login_failure(request: HttpRequest) -> None:
-    for key in _failure_keys(request):
-        # add() starts the window at the first failure; incr() keeps the window's end.
-        if not cache.add(key, 1, timeout=settings.LOGIN_LOCKOUT_SECONDS):
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add() and incr()
-                cache.add(key, 1, timeout=settings.LOGIN_LOCKOUT_SECONDS)
+def login_locked(request: HttpRequest, username: str) -> bool:
+    """Whether a throttle key of this attempt is at its limit (the window still open)."""
+    limits = _limits(request, username)
+    counts = dict(
+        LoginFailure.objects.filter(key__in=limits, window_ends__gt=timezone.now()).values_list(
+            "key", "count"
+        )
+    )
+    return any(counts.get(key, 0) >= limit for key, limit in limits.items())
+
+
+def _count(key: str) -> int:
+    """Add one to ``key``'s counter (a new window if the last one ended); return the count."""
+    now = timezone.now()
+    ends = now + timedelta(seconds=settings.LOGIN_LOCKOUT_SECONDS)
+    table = LoginFailure._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'INSERT INTO {table} ("key", "count", window_ends) VALUES (%s, 1, %s) '
+            f'ON CONFLICT ("key") DO UPDATE SET '
+            f'"count" = CASE WHEN {table}.window_ends > %s THEN {table}."count" + 1 ELSE 1 END, '
+            f"window_ends = CASE WHEN {table}.window_ends > %s THEN {table}.window_ends "
+            f'ELSE excluded.window_ends END RETURNING "count"',
+            [key, ends, now, now],
+        )
+        return cursor.fetchone()[0]
+
+
+class ThrottledBackend(ModelBackend):
+    """Django's user/password check behind the throttle, for every way to sign in (the app's
+    login page, the admin's, any other form): each attempt takes a slot first, atomically, and
+    gives it back when the password was right; past the limit the password is not checked."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if request is None or username is None:
+            return super().authenticate(request, username, password, **kwargs)
+        limits = _limits(request, username)
+        counts = {key: _count(key) for key in limits}
+        if any(counts[key] > limit for key, limit in limits.items()):
+            raise PermissionDenied("too many failed sign-ins")  # stops every backend
+        user = super().authenticate(request, username, password, **kwargs)
+        if user is not None:  # the slot is given back: success does not count
+            LoginFailure.objects.filter(key__in=limits).exclude(
+                key__startswith="login-fail:ip:"
+            ).delete()
+            LoginFailure.objects.filter(key=next(iter(k for k in limits if ":ip:" in k))).update(
+                count=F("count") - 1
+            )
+        return user
 
 
 class ThrottledLoginView(auth_views.LoginView):
@@ -95,21 +155,21 @@ class ThrottledLoginView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def post(self, request, *args, **kwargs):
-        if login_locked(request):
-            form = self.get_form_class()(request=request)  # unbound: nothing is checked
-            minutes = settings.LOGIN_LOCKOUT_SECONDS // 60
-            context = self.get_context_data(
-                form=form,
-                locked=f"Too many failed sign-in attempts. Wait up to {minutes} minutes and try "
-                "again, or ask staff to reset your password.",
-            )
-            return self.render_to_response(context, status=429)
+        if login_locked(request, request.POST.get("username", "")):
+            return self.locked()
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form):
-        record_login_failure(self.request)
+        if login_locked(self.request, self.request.POST.get("username", "")):
+            return self.locked()  # this attempt reached the limit
         return super().form_invalid(form)
 
-    def form_valid(self, form):
-        cache.delete(_failure_keys(self.request)[0])
-        return super().form_valid(form)
+    def locked(self):
+        form = self.get_form_class()(request=self.request)  # unbound: nothing is checked
+        minutes = settings.LOGIN_LOCKOUT_SECONDS // 60
+        context = self.get_context_data(
+            form=form,
+            locked=f"Too many failed sign-in attempts. Wait up to {minutes} minutes and try "
+            "again, or ask staff to reset your password.",
+        )
+        return self.render_to_response(context, status=429)

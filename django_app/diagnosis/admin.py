@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db.models import Q
 from django.http import HttpResponse
 
 from diagnosis.export import export_to_zip
@@ -104,7 +105,27 @@ class ClinicianAdmin(StaffRole, UserAdmin):
         return request.user.is_active and request.user.is_staff
 
     def has_change_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
+        allowed = request.user.is_active and request.user.is_staff
+        return allowed and (obj is None or self.manages(request.user, obj))
+
+    def has_view_permission(self, request, obj=None):
+        return super().has_view_permission(request, obj) and (
+            obj is None or self.manages(request.user, obj)
+        )
+
+    @staticmethod
+    def manages(actor, account) -> bool:
+        """Staff manage clinicians and themselves; other staff and superusers are for
+        superusers (a password or a token would let staff act as them)."""
+        if actor.is_superuser or account.pk == actor.pk:
+            return True
+        return not (account.is_staff or account.is_superuser)
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(Q(is_staff=False, is_superuser=False) | Q(pk=request.user.pk))
 
     def get_readonly_fields(self, request, obj=None):
         fields = super().get_readonly_fields(request, obj)
@@ -115,6 +136,8 @@ class ClinicianAdmin(StaffRole, UserAdmin):
     @admin.action(description="Issue an API token (shown once)")
     def issue_token(self, request, queryset):
         for user in queryset:
+            if not self.manages(request.user, user):
+                continue
             _, raw = ApiToken.issue(user, f"issued by {request.user.get_username()}")
             self.message_user(
                 request,

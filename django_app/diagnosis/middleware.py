@@ -1,4 +1,7 @@
-"""Content-Security-Policy header (Django 5.2 has no built-in CSP)."""
+"""Request and response guards: the Content-Security-Policy header (Django 5.2 has no built-in
+CSP) and the refusal of NUL bytes, which PostgreSQL cannot store or compare (a 500 otherwise)."""
+
+import logging
 
 from django.conf import settings
 
@@ -11,4 +14,53 @@ class ContentSecurityPolicyMiddleware:
         response = self.get_response(request)
         response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         response.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            # Pages of a signed-in clinician (results, history) stay out of every cache.
+            response.setdefault("Cache-Control", "no-store")
         return response
+
+
+class RejectNulBytesMiddleware:
+    """400 for a NUL byte anywhere in the path, the query or a form field: no view, form or
+    query ever sees one, whichever field it is in (login name, filters, token names...)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if _has_nul(request):
+            from diagnosis.views import bad_request
+
+            return bad_request(request)
+        return self.get_response(request)
+
+
+def _has_nul(request) -> bool:
+    if "\x00" in request.path:
+        return True
+    fields = [request.GET]
+    content_type = request.META.get("CONTENT_TYPE", "")
+    if request.method == "POST" and content_type.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        fields.append(request.POST)
+    return any(
+        "\x00" in key or any("\x00" in value for value in values)
+        for query in fields
+        for key, values in query.lists()
+    )
+
+
+class EscapeControlCharacters(logging.Filter):
+    """Log records cannot start a new line: a ``%0a`` in a URL (logged decoded by Django's
+    request logger) or a newline typed into a form would otherwise forge a log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(ord(c) < 32 and c != "\t" for c in message):
+            record.msg = "".join(
+                c if ord(c) >= 32 or c == "\t" else f"\\x{ord(c):02x}" for c in message
+            )
+            record.args = None
+        return True

@@ -125,3 +125,12 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.hint}...)"
+
+
+class LoginFailure(models.Model):
+    """Failed sign-ins per throttle key (user name, address, or both) within a window; counted
+    with one atomic upsert so that parallel attempts cannot share a slot."""
+
+    key = models.CharField(max_length=300, unique=True)
+    count = models.PositiveIntegerField(default=0)
+    window_ends = models.DateTimeField()

@@ -16,8 +16,10 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.dateparse import parse_date
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -50,6 +52,11 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
     """Validate the multipart upload in ``request``, run the model on it and record the
     prediction (not the image) for ``request.user``."""
     limit = settings.MAX_UPLOAD_BYTES
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # WSGI gives Django no body without a length: say that, not "no file received".
+        raise UploadError(
+            411, "length_required", "Send the file with a Content-Length header, not chunked."
+        )
     if int(request.META.get("CONTENT_LENGTH") or 0) > limit + 64 * 1024:
         raise UploadError(413, "too_large", f"The file is larger than {limit // 2**20} MB.")
     upload = request.FILES.get(FIELD)
@@ -226,7 +233,10 @@ def tokens(request: HttpRequest) -> HttpResponse:
         if request.POST.get("action") == "create":
             _, new_token = ApiToken.issue(request.user, request.POST.get("name", "").strip())
         elif request.POST.get("action") == "revoke":
-            token = ApiToken.objects.filter(user=request.user, pk=request.POST.get("id") or 0)
+            token_id = request.POST.get("id", "")
+            token = ApiToken.objects.filter(
+                user=request.user, pk=int(token_id) if token_id.isdigit() else 0
+            )
             if not token.exists():
                 raise Http404("no such token")
             token.get().revoke()
@@ -295,20 +305,16 @@ def model_card(request: HttpRequest) -> HttpResponse:
 def health(request: HttpRequest) -> JsonResponse:
     try:
         model = get_model()
-    except BundleError as exc:
+    except BundleError:
+        # Public: no paths or build details; the worker's log says what is wrong.
         return JsonResponse(
-            {"status": "error", "model_loaded": False, "error": str(exc)}, status=503
+            {"status": "error", "model_loaded": False, "error": "The model is not loaded."},
+            status=503,
         )
+    # Public: status and the model's identity (the deploy's smoke test compares the sha256);
+    # provenance (data version, git commit) is on the model card.
     return JsonResponse(
-        {
-            "status": "ok",
-            "model_loaded": True,
-            "model": model.manifest.get("name"),
-            "version": model.version,
-            "sha256": model.sha256,
-            "data_version": model.manifest.get("data", {}).get("md5"),
-            "git_commit": model.manifest.get("git", {}).get("commit"),
-        }
+        {"status": "ok", "model_loaded": True, "version": model.version, "sha256": model.sha256}
     )
 
 
@@ -419,7 +425,7 @@ def api_feedback(request: HttpRequest, pk: int) -> JsonResponse:
         body = json.loads(request.body or b"{}")
         if not isinstance(body, dict):
             raise ValueError
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return api_error(
             400, "bad_json", 'Send a JSON object: {"true_label": "NORMAL", "consent": false}.'
         )
@@ -463,10 +469,42 @@ SERVER_ERROR_HTML = (
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    """No templates here: whatever failed must not be able to fail the error page too."""
+    """The app's page, rendered without the database (whatever failed may be the database);
+    should even that fail, a plain page that still leads back."""
     if _wants_json(request):
         return api_error(500, "server_error", "Something went wrong on our side.")
-    return HttpResponse(SERVER_ERROR_HTML, status=500)
+    try:
+        html = render_to_string(
+            "diagnosis/error.html",
+            {
+                "title": "Something went wrong",
+                "message": "This is our fault, not yours, and it has been logged. Please try"
+                " again; if it keeps happening, tell the staff who run this service.",
+            },
+        )
+    except Exception:  # noqa: BLE001 - the last resort must not fail
+        html = SERVER_ERROR_HTML
+    return HttpResponse(html, status=500)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """A form older than the session (signed in again in another tab, or the page left open
+    overnight): say so in the app and lead back to the same page."""
+    if _wants_json(request):
+        return api_error(403, "csrf_failed", "Send the request with a valid CSRF token.")
+    back = request.path if url_has_allowed_host_and_scheme(request.path, None) else "/"
+    return render(
+        request,
+        "diagnosis/error.html",
+        {
+            "title": "This form had expired",
+            "message": "You signed in again (perhaps in another tab) or the page was open for a"
+            " long time, so this form was no longer valid and nothing was sent. Open the page"
+            " again and repeat what you did.",
+            "back": back,
+        },
+        status=403,
+    )
 
 
 def permission_denied(request: HttpRequest, exception=None) -> HttpResponse:

@@ -63,11 +63,15 @@ MIDDLEWARE = [
     "diagnosis.middleware.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "diagnosis.middleware.RejectNulBytesMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# A stale form (signed in again in another tab) gets the app's own page, not Django's.
+CSRF_FAILURE_VIEW = "diagnosis.views.csrf_failure"
 
 # Accounts: staff create clinicians (admin, or `manage.py add_clinician`); no self sign-up.
 LOGIN_URL = "login"
@@ -83,8 +87,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 SESSION_COOKIE_AGE = 8 * 3600  # a working shift
-LOGIN_FAILURE_LIMIT = 5  # failed sign-ins per user name, and per client address, ...
+LOGIN_FAILURE_LIMIT = 5  # failed sign-ins per (address, user name) and per address, ...
+LOGIN_FAILURE_LIMIT_PER_USER = 25  # ... per user name from all addresses together, ...
 LOGIN_LOCKOUT_SECONDS = 15 * 60  # ... within this window lock further attempts for its rest
+# Every sign-in (the app's page, the admin's) goes through the throttle: diagnosis.accounts.
+AUTHENTICATION_BACKENDS = ["diagnosis.accounts.ThrottledBackend"]
 BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY")
 
 # Feedback: the metadata-free display copy of each upload (at most 512 px) is held in the
@@ -169,6 +176,7 @@ CONTENT_SECURITY_POLICY = (
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"escape": {"()": "diagnosis.middleware.EscapeControlCharacters"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["escape"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
 }

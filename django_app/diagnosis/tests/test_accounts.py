@@ -41,7 +41,7 @@ def test_wrong_password_is_refused_without_saying_which_part_was_wrong(clinician
 
 
 def test_failed_sign_ins_are_throttled_per_user_name(clinician, settings):
-    settings.LOGIN_FAILURE_LIMIT = 3
+    settings.LOGIN_FAILURE_LIMIT_PER_USER = 3
     for i in range(3):  # from different addresses: the user name counter still fills
         sign_in(Client(), "dr_ada", "wrong", REMOTE_ADDR=f"10.0.0.{i}")
     locked = sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="10.0.0.99")
@@ -70,13 +70,15 @@ def test_behind_the_proxy_the_forwarded_address_counts(clinician, settings):
 
 
 def test_the_lock_ends_with_its_window(clinician, settings):
-    from django.core.cache import cache
+    from django.utils import timezone
+
+    from diagnosis.models import LoginFailure
 
     settings.LOGIN_FAILURE_LIMIT = 2
     for _ in range(2):
         sign_in(Client(), "dr_ada", "wrong")
     assert sign_in(Client(), "dr_ada", PASSWORD).status_code == 429
-    cache.delete_many(["login-fail:user:dr_ada", "login-fail:ip:127.0.0.1"])  # window over
+    LoginFailure.objects.update(window_ends=timezone.now())  # the window is over
     assert sign_in(Client(), "dr_ada", PASSWORD).status_code == 302
 
 
@@ -223,3 +225,97 @@ def test_staff_cannot_make_themselves_superusers(staff):
     admin.force_login(staff)
     page = admin.get(f"/admin/auth/user/{staff.pk}/change/").content.decode()
     assert 'name="is_superuser"' not in page and 'name="is_staff"' in page
+
+
+def test_the_admin_login_is_throttled_like_the_apps(staff, settings):
+    """30 wrong passwords on /admin/login/, then the right one: refused, as on /account/login."""
+    for _ in range(30):
+        Client().post("/admin/login/", {"username": "head_nurse", "password": "wrong"})
+    client = Client()
+    client.post("/admin/login/?next=/admin/", {"username": "head_nurse", "password": PASSWORD})
+    assert "_auth_user_id" not in client.session
+    assert sign_in(Client(), "head_nurse", PASSWORD).status_code == 429
+
+
+@pytest.mark.parametrize("lookalike", ["ｄｒ＿ａｄａ", "𝐝𝐫_𝐚𝐝𝐚", "DR_ADA"])
+def test_lookalike_user_names_share_one_counter(clinician, settings, lookalike):
+    settings.LOGIN_FAILURE_LIMIT = 3
+    for _ in range(3):
+        sign_in(Client(), lookalike, "wrong")
+    assert sign_in(Client(), "dr_ada", PASSWORD).status_code == 429
+
+
+def test_one_attacker_cannot_lock_a_clinician_out(clinician, settings):
+    settings.LOGIN_FAILURE_LIMIT = 5
+    for _ in range(20):
+        sign_in(Client(), "dr_ada", "wrong", REMOTE_ADDR="198.51.100.66")
+    assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="198.51.100.66").status_code == 429
+    assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="10.20.30.40").status_code == 302
+
+
+def test_successful_sign_ins_do_not_fill_the_addresss_counter(clinician, settings):
+    settings.LOGIN_FAILURE_LIMIT = 2
+    for _ in range(5):  # a ward's shared address: many good sign-ins
+        assert sign_in(Client(), "dr_ada", PASSWORD).status_code == 302
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_attempts_get_no_more_than_the_limit(clinician, settings, monkeypatch):
+    """16 attempts at once: the password is checked at most LOGIN_FAILURE_LIMIT times."""
+    import threading
+
+    from django.contrib.auth.backends import ModelBackend
+    from django.db import connection
+
+    settings.LOGIN_FAILURE_LIMIT = 5
+    checked, lock = [], threading.Lock()
+    original = ModelBackend.authenticate
+
+    def counting(self, *args, **kwargs):
+        with lock:
+            checked.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelBackend, "authenticate", counting)
+    start = threading.Barrier(16)
+
+    def attempt():
+        start.wait()
+        try:
+            sign_in(Client(), "dr_ada", "wrong")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= len(checked) <= 5
+
+
+def test_staff_manage_clinicians_only(staff, make_user):
+    from django.contrib.auth import get_user_model
+
+    boss = get_user_model().objects.create_superuser("chief", password=PASSWORD)
+    colleague = make_user("other_nurse", staff=True)
+    clinician = make_user("dr_cy")
+    admin = Client()
+    admin.force_login(staff)
+    for target in (boss, colleague):
+        assert admin.get(f"/admin/auth/user/{target.pk}/change/").status_code in (302, 403, 404)
+        reset = admin.post(
+            f"/admin/auth/user/{target.pk}/password/",
+            {"password1": "Taken-Over-2026!", "password2": "Taken-Over-2026!"},
+        )
+        assert reset.status_code in (302, 403, 404)
+        target.refresh_from_db()
+        assert target.check_password(PASSWORD), "staff must not set another staff's password"
+        admin.post(
+            "/admin/auth/user/",
+            {"action": "issue_token", "_selected_action": [target.pk]},
+        )
+        assert not ApiToken.objects.filter(user=target).exists()
+    listed = admin.get("/admin/auth/user/").content.decode()
+    assert "dr_cy" in listed and "chief" not in listed
+    assert admin.get(f"/admin/auth/user/{clinician.pk}/change/").status_code == 200
