@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
+from diagnosis.held import hold
 from diagnosis.models import LABEL_CHOICES, Feedback, Prediction
 from diagnosis.storage import StorageUnavailable, content_name, image_store
 
@@ -30,7 +31,7 @@ def _held_key(prediction_id: int) -> str:
 
 
 def hold_image(prediction: Prediction, png: bytes) -> None:
-    cache.set(_held_key(prediction.pk), png, timeout=settings.FEEDBACK_HOLD_SECONDS)
+    hold(_held_key(prediction.pk), png, settings.FEEDBACK_HOLD_SECONDS)
 
 
 def visible_predictions(user):

@@ -33,6 +33,7 @@ from diagnosis.feedback import (
     hold_image,
     visible_predictions,
 )
+from diagnosis.held import hold
 from diagnosis.inference import Result, get_model, read_upload
 from diagnosis.models import LABEL_CHOICES, ApiToken, Prediction
 from pneumonia.serving import BundleError, InvalidImage
@@ -381,7 +382,7 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
     except UploadError as exc:
         return api_error(exc.status, exc.code, exc.message)
     token = secrets.token_urlsafe(18)
-    cache.set(f"heatmap:{token}", (request.user.pk, result.heatmap_jpeg))
+    hold(f"heatmap:{token}", (request.user.pk, result.heatmap_jpeg))
     return JsonResponse(
         {
             **_prediction_json(request, prediction),

@@ -97,6 +97,7 @@ BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY")
 # Feedback: the metadata-free display copy of each upload (at most 512 px) is held in the
 # cache this long so that its clinician can consent to keep it; then it is gone.
 FEEDBACK_HOLD_SECONDS = 30 * 60
+HELD_PURGE_SECONDS = 60  # each web worker deletes expired held images this often
 FEEDBACK_STORAGE = os.environ.get("FEEDBACK_STORAGE") or str(BASE_DIR / "feedback_images")
 HISTORY_PAGE_SIZE = 25
 
@@ -125,14 +126,15 @@ DATABASES = {
     )
 }
 
-# Heat maps behind the API's links, images held for feedback and failed-login counters live a
-# short while in the database cache (shared by every gunicorn worker), never on disk as files.
+# Heat maps behind the API's links and images held for feedback live a short while in the
+# database cache (shared by every gunicorn worker), never in files; expired rows are deleted
+# within HELD_PURGE_SECONDS (diagnosis.held), not only when MAX_ENTRIES is reached.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.db.DatabaseCache",
         "LOCATION": "heatmap_cache",
         "TIMEOUT": 15 * 60,
-        "OPTIONS": {"MAX_ENTRIES": 2000},  # expired entries are culled only above this
+        "OPTIONS": {"MAX_ENTRIES": 2000},
     }
 }
 

@@ -26,6 +26,8 @@ return_large_buffers_to_the_os()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xrayweb.settings")
 application = get_wsgi_application()
 
-from diagnosis.inference import warm_up  # noqa: E402  (needs the configured settings)
+from diagnosis.held import start_purger  # noqa: E402  (needs the configured settings)
+from diagnosis.inference import warm_up  # noqa: E402
 
 warm_up()
+start_purger()
