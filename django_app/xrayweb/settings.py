@@ -140,6 +140,7 @@ CACHES = {
 
 # Uploads: at most 10 MB, kept in memory only (never written to a temporary file).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+REQUEST_BODY_SECONDS = 120  # a body still arriving after this is refused (408): xrayweb.asgi
 FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]

@@ -441,3 +441,40 @@ def test_missing_api_key_names_the_secret(tmp_path):
         text=True,
     )
     assert result.returncode == 1 and "HEROKU_API_KEY is not set" in result.stderr
+
+
+def test_slow_clients_do_not_take_the_site_down(heroku_app):
+    """Four connections (twice the workers) trickling a form body at 10 bytes/s: /health and a
+    page keep answering within a second, and the workers are not killed."""
+    import socket
+    import threading
+
+    stop_sending = threading.Event()
+    head = (
+        b"POST /account/login HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
+    )
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", heroku_app["port"]), timeout=5) as conn:
+            conn.sendall(head)
+            while not stop_sending.wait(1.0):
+                conn.sendall(b"username=a")
+
+    senders = [threading.Thread(target=trickle, daemon=True) for _ in range(4)]
+    for sender in senders:
+        sender.start()
+    try:
+        time.sleep(2)  # every slow body is being read by now
+        for _ in range(5):
+            started = time.monotonic()
+            status, _, _ = get(f"{heroku_app['url']}/health", HTTPS, timeout=5)
+            page, _, _ = get(f"{heroku_app['url']}/account/login", HTTPS, timeout=5)
+            assert status == 200 and page == 200 and time.monotonic() - started < 1.0
+            time.sleep(1)
+    finally:
+        stop_sending.set()
+        for sender in senders:
+            sender.join(timeout=5)
+    log = (heroku_app["build"] / "web.log").read_text()
+    assert "WORKER TIMEOUT" not in log and "Worker was sent SIGKILL" not in log

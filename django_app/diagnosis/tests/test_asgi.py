@@ -1,0 +1,58 @@
+"""The production entry point's body bounds (xrayweb.limits.BoundedRequests), driven with real
+ASGI messages around a small ASGI app that reads the whole body, as Django's handler does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from xrayweb.limits import BoundedRequests
+
+
+async def read_all(scope, receive, send):
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+
+def call(chunks, delay=0.0, length=None, max_bytes=100, seconds=1.0):
+    """Status and body of one request whose body arrives in ``chunks``, ``delay`` s apart."""
+    sent, queue = [], list(chunks)
+
+    async def receive():
+        await asyncio.sleep(delay)
+        chunk = queue.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [] if length is None else [(b"content-length", str(length).encode())]
+    scope = {"type": "http", "headers": headers}
+    asyncio.run(BoundedRequests(read_all, max_bytes, seconds)(scope, receive, send))
+    return sent[0]["status"], sent[1]["body"]
+
+
+def test_a_body_within_the_bounds_reaches_the_app():
+    assert call([b"a" * 50, b"b" * 50], length=100) == (200, b"100")
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading():
+    status, body = call([b"never read"], length=101)
+    assert status == 413 and "upload limit" in json.loads(body)["error"]["message"]
+
+
+def test_a_streamed_body_over_the_limit_is_refused():
+    assert call([b"a" * 60, b"a" * 60])[0] == 413  # chunked: no length declared
+
+
+@pytest.mark.parametrize("delay", [0.4])
+def test_a_body_arriving_too_slowly_is_refused(delay):
+    status, body = call([b"a"] * 5, delay=delay, seconds=1.0)
+    assert status == 408 and "too slowly" in json.loads(body)["error"]["message"]
