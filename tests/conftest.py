@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pneumonia import config
+from tests.postgres import database_url
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = config.SHARED_DATA_DIR
@@ -218,7 +219,7 @@ def mlflow_auth_server(tmp_path_factory) -> Iterator[str]:
 
     work = tmp_path_factory.mktemp("mlflow-auth")
     database = f"mlflow_{secrets.token_hex(4)}"
-    admin_db = "postgresql://postgres@127.0.0.1:5432/postgres"
+    admin_db = database_url()
     with psycopg.connect(admin_db, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     admin_password = secrets.token_urlsafe(24)
@@ -239,7 +240,7 @@ def mlflow_auth_server(tmp_path_factory) -> Iterator[str]:
         "--port",
         url.rsplit(":", 1)[1],
         "--backend-store-uri",
-        f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        database_url(database, scheme="postgresql+psycopg"),
         "--serve-artifacts",
         "--artifacts-destination",
         str(work / "artifacts"),

@@ -44,6 +44,7 @@ from tests.conftest import (
 )
 from tests.fake_github import FakeGitHub
 from tests.fake_heroku import AppHost, FakeHeroku
+from tests.postgres import database_url
 from tests.workflows.kit import KitMissing, prepare
 
 pytestmark = pytest.mark.slow
@@ -287,7 +288,7 @@ def heroku(tmp_path_factory):
 
     work = tmp_path_factory.mktemp("heroku")
     database = f"rehearsal_{secrets.token_hex(4)}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    admin = database_url()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     host = AppHost(
@@ -297,7 +298,7 @@ def heroku(tmp_path_factory):
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
             "ALLOWED_HOSTS": "localhost,127.0.0.1",
             "DJANGO_SSL_REDIRECT": "0",
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+            "DATABASE_URL": database_url(database, scheme="postgres"),
         },
         free_port(),
     )

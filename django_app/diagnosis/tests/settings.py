@@ -1,10 +1,13 @@
 """Settings for the app's tests: production settings plus a test secret and, unless
-DATABASE_URL says otherwise, the local PostgreSQL server."""
+DATABASE_URL says otherwise, the test PostgreSQL server (tests/postgres.py: the local one, or a
+throwaway one where none runs)."""
 
 import os
 
+from tests.postgres import database_url
+
 os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-" + "x" * 50)
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+os.environ.setdefault("DATABASE_URL", database_url(scheme="postgres"))
 os.environ.setdefault("DJANGO_SSL_REDIRECT", "0")  # the test client speaks plain HTTP
 
 from xrayweb.settings import *  # noqa: E402,F403

@@ -20,6 +20,7 @@ import pytest
 
 from pneumonia.package import app_venv, package_app
 from tests.conftest import free_port, stop
+from tests.postgres import database_url
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,7 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
     build = tmp_path_factory.mktemp("heroku") / "app"
     package_app(APP, bundle_dir, build)
     database = f"xray_boot_{secrets.token_hex(4)}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    admin = database_url()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}"')
     port = free_port()
@@ -81,7 +82,7 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": "localhost,127.0.0.1",
         "DJANGO_SSL_REDIRECT": "0",  # the browser below talks plain HTTP to localhost
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        "DATABASE_URL": database_url(database, scheme="postgres"),
     }
     commands = procfile(build)
     # What the buildpack and the release phase run before the dyno starts.

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from django.test import Client
 
+from tests.postgres import database_url
+
 APP = Path(__file__).resolve().parents[2]  # django_app/
 
 pytestmark = pytest.mark.django_db
@@ -21,7 +23,7 @@ def production_env(**extra: str) -> dict[str, str]:
         DJANGO_SETTINGS_MODULE="xrayweb.settings",
         DJANGO_SECRET_KEY="prod-like-" + "k3y" * 20,
         ALLOWED_HOSTS="pneumonia-xray.herokuapp.com",
-        DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
+        DATABASE_URL=database_url(scheme="postgres"),
         PYTHONPATH=str(APP),
         FEEDBACK_STORAGE="s3://feedback-bucket/images",
     )

@@ -1,0 +1,66 @@
+"""Without a PostgreSQL server at 127.0.0.1:5432 the tests start their own (tests/postgres.py);
+with PNEUMONIA_TEST_POSTGRES they use that one. Both paths run for real here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+PROBE = """
+import psycopg
+from tests.postgres import database_url, server_url
+url = server_url()
+with psycopg.connect(database_url(), autocommit=True) as conn:
+    conn.execute("CREATE DATABASE probe")
+    print(url, conn.execute("SHOW server_version").fetchone()[0], flush=True)
+"""
+
+
+def run(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "PNEUMONIA_TEST_POSTGRES"}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_throwaway_server_starts_serves_and_is_gone_at_exit():
+    result = run(PROBE, PNEUMONIA_TEST_POSTGRES="throwaway")
+    assert result.returncode == 0, result.stderr
+    url, version = result.stdout.split(maxsplit=1)
+    port = int(url.rsplit(":", 1)[1])
+    assert url.startswith("postgresql://postgres@127.0.0.1:") and port != 5432
+    assert version.split(".")[0].isdigit()
+    import socket
+
+    with socket.socket() as probe:  # stopped at exit: nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+    assert not [p for p in os.listdir("/tmp") if p.startswith("pneumonia-pg-")]
+
+
+def test_the_apps_tests_pass_on_a_throwaway_server():
+    """What a laptop without PostgreSQL gets from `make test`: the Django tests' database."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "django_app/diagnosis/tests/test_accounts.py::test_sign_in_and_out",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PNEUMONIA_TEST_POSTGRES": "throwaway"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-2000:]
