@@ -8,16 +8,25 @@ from html import escape
 
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 14, 40
+WIDTH, HEIGHT = 640, 250
+LEFT, RIGHT, TOP, BOTTOM = 62, 12, 34, 46
 COLOUR = "#1f5f8b"
 
 
-def _frame(title: str, y_max: float, y_format: str, body: list[str], x_labels) -> SafeString:
+def _frame(
+    title: str, axes: tuple[str, str], y_max: float, y_format: str, body: list[str], x_labels
+) -> SafeString:
     inner_h = HEIGHT - TOP - BOTTOM
+    x_axis, y_axis = (escape(a) for a in axes)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'class="chart" aria-label="{escape(title)}"><title>{escape(title)}</title>'
+        f'class="chart" aria-label="{escape(title)}"><title>{escape(title)}</title>',
+        f'<text x="{WIDTH / 2}" y="18" text-anchor="middle" font-size="14" font-weight="bold" '
+        f'fill="#222" class="chart-title">{escape(title)}</text>',
+        f'<text x="{LEFT + (WIDTH - LEFT - RIGHT) / 2}" y="{HEIGHT - 6}" text-anchor="middle" '
+        f'font-size="12" fill="#333" class="x-axis">{x_axis}</text>',
+        f'<text x="14" y="{TOP + inner_h / 2}" text-anchor="middle" font-size="12" fill="#333" '
+        f'transform="rotate(-90 14 {TOP + inner_h / 2})" class="y-axis">{y_axis}</text>',
     ]
     for i in range(5):  # horizontal grid lines with their values
         value = y_max * i / 4
@@ -51,10 +60,13 @@ def bar_chart(
     title: str,
     labels: Sequence[str],
     values: Sequence[float],
+    x_axis: str,
+    y_axis: str,
     y_format: str = ".0f",
     y_max: float | None = None,
 ) -> SafeString:
-    """Vertical bars, one per label; each bar's value in its tooltip."""
+    """Vertical bars, one per label, with a title and both axes named; each bar's value in
+    its tooltip."""
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     top = y_max if y_max is not None else max([*values, 1])
     slot = inner_w / max(len(values), 1)
@@ -69,13 +81,15 @@ def bar_chart(
         )
         if i % every == 0:
             x_labels.append((x + slot / 2, label))
-    return _frame(title, top, y_format, body, x_labels)
+    return _frame(title, (x_axis, y_axis), top, y_format, body, x_labels)
 
 
 def line_chart(
     title: str,
     labels: Sequence[str],
     values: Sequence[float | None],
+    x_axis: str,
+    y_axis: str,
     y_format: str = ".0%",
     y_max: float = 1.0,
 ) -> SafeString:
@@ -102,4 +116,4 @@ def line_chart(
             f'<polyline points="{" ".join(points)}" fill="none" stroke="{COLOUR}" '
             'stroke-width="2"/>',
         )
-    return _frame(title, y_max, y_format, body, x_labels)
+    return _frame(title, (x_axis, y_axis), y_max, y_format, body, x_labels)

@@ -29,6 +29,12 @@ class Prediction(models.Model):
     image_sha256 = models.CharField(
         max_length=64, db_index=True, help_text="sha256 of the uploaded file's bytes"
     )
+    case_reference = models.CharField(
+        max_length=40,
+        blank=True,
+        db_index=True,
+        help_text="optional, as the clinician typed it, to find the case again; never a name",
+    )
     image_width = models.PositiveIntegerField()
     image_height = models.PositiveIntegerField()
 

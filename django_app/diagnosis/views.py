@@ -41,6 +41,7 @@ from pneumonia.serving import BundleError, InvalidImage
 logger = logging.getLogger(__name__)
 
 FIELD = "image"
+CASE_REFERENCE_MAX = 40
 
 
 class UploadError(Exception):
@@ -65,6 +66,14 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
         raise UploadError(400, "no_file", "No file received: choose an X-ray image to upload.")
     if upload.size > limit:
         raise UploadError(413, "too_large", f"The file is larger than {limit // 2**20} MB.")
+    case_reference = " ".join(request.POST.get("case_reference", "").split())
+    if len(case_reference) > CASE_REFERENCE_MAX:
+        raise UploadError(
+            400,
+            "case_reference_too_long",
+            f"The case reference has {len(case_reference)} "
+            f"characters; {CASE_REFERENCE_MAX} at most.",
+        )
     data = upload.read()
     upload.close()
     try:
@@ -87,6 +96,7 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
         probability=result.probability,
         threshold=result.threshold,
         image_sha256=hashlib.sha256(data).hexdigest(),
+        case_reference=case_reference,
         image_width=gray.info["source_size"][0],
         image_height=gray.info["source_size"][1],
     )
@@ -131,7 +141,10 @@ def upload(request: HttpRequest) -> HttpResponse:
 def _history_filters(request: HttpRequest):
     """(queryset, filter values, error) from ?label=&date_from=&date_to=&user= ."""
     queryset = visible_predictions(request.user)
-    values = {k: request.GET.get(k, "").strip() for k in ("label", "date_from", "date_to", "user")}
+    keys = ("label", "date_from", "date_to", "user", "case")
+    values = {k: request.GET.get(k, "").strip() for k in keys}
+    if values["case"]:
+        queryset = queryset.filter(case_reference__icontains=values["case"])
     if values["label"]:
         if values["label"] not in dict(LABEL_CHOICES):
             return queryset.none(), values, f"Unknown label {values['label']!r}."
@@ -274,17 +287,29 @@ def monitoring_page(request: HttpRequest) -> HttpResponse:
         {
             "summary": summary,
             "days": days,
-            "volume_chart": bar_chart("Predictions per day", labels, summary.per_day),
+            "volume_chart": bar_chart(
+                "Predictions per day", labels, summary.per_day, "day (UTC)", "predictions"
+            ),
             "share_chart": line_chart(
-                "Share predicted PNEUMONIA per day", labels, summary.pneumonia_share
+                "Share predicted PNEUMONIA per day",
+                labels,
+                summary.pneumonia_share,
+                "day (UTC)",
+                "share PNEUMONIA",
             ),
             "histogram_chart": bar_chart(
-                "Predictions by probability of pneumonia", bins, summary.histogram
+                "Predictions by probability of pneumonia",
+                bins,
+                summary.histogram,
+                "probability of pneumonia (bin start)",
+                "predictions",
             ),
             "agreement_chart": bar_chart(
                 "Agreement with clinician feedback per model version",
                 versions,
                 [a.rate for a in summary.agreement],
+                "model version",
+                "share agreed",
                 y_format=".0%",
                 y_max=1.0,
             ),
@@ -326,6 +351,7 @@ def _prediction_json(request: HttpRequest, prediction: Prediction) -> dict:
         "created_at": prediction.created_at.isoformat(),
         "user": prediction.user.get_username(),
         "source": prediction.source,
+        "case_reference": prediction.case_reference,
         "label": prediction.label,
         "probability": round(prediction.probability, 6),
         "threshold": prediction.threshold,

@@ -204,3 +204,24 @@ def test_warm_up_loads_and_runs_the_model_or_logs_why_not(settings, tmp_path, ca
     inference.reset()
     inference.warm_up()  # does not raise: /health reports the missing model
     assert "model not loaded" in caplog.text and "model.json is missing" in caplog.text
+
+
+def test_serving_writes_nothing_under_home(bundle_dir, tmp_path, samples):
+    """onnxruntime's telemetry is off: a dyno's home stays empty (nothing about uploads
+    leaves the process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pneumonia.serving import Bundle; "
+        "print(Bundle(sys.argv[1]).predict_bytes(open(sys.argv[2], 'rb').read()).label)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(bundle_dir), str(samples[0])],
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": ""},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("NORMAL", "PNEUMONIA")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == []
