@@ -3,6 +3,13 @@
 
 import ctypes
 import ctypes.util
+import os
+
+# onnxruntime (1.2x+) persists a telemetry device id and an event store under
+# $XDG_CACHE_HOME/Microsoft/DeveloperTools when it is imported; pointed at a path that cannot be
+# written, it keeps an in-memory id and writes nothing (one warning line at start). Set before
+# the first import of onnxruntime, which happens when the model loads.
+os.environ.setdefault("XDG_CACHE_HOME", "/dev/null")
 
 
 def return_large_buffers_to_the_os(threshold: int = 256 * 1024) -> None:

@@ -4,6 +4,7 @@ charts that say what they show, and an optional case reference to find a case ag
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from diagnosis.models import Prediction
 from diagnosis.tests.conftest import logged_in
@@ -21,7 +22,7 @@ def test_consent_comes_before_the_verdict_buttons_which_look_different(clinician
     confirm = re.search(r'<button[^>]*id="confirm"[^>]*>', form).group(0)
     correct = re.search(r'<button[^>]*id="correct-\w+"[^>]*>', form).group(0)
     assert 'class="verdict-confirm"' in confirm and 'class="verdict-correct"' in correct
-    css = open("django_app/diagnosis/static/diagnosis/app.css").read()
+    css = (Path(__file__).parents[1] / "static" / "diagnosis" / "app.css").read_text()
     assert ".verdict-confirm {" in css and ".verdict-correct {" in css
 
 

@@ -207,18 +207,19 @@ def test_warm_up_loads_and_runs_the_model_or_logs_why_not(settings, tmp_path, ca
 
 
 def test_serving_writes_nothing_under_home(bundle_dir, tmp_path, samples):
-    """onnxruntime's telemetry is off: a dyno's home stays empty (nothing about uploads
-    leaves the process)."""
+    """A worker (xrayweb.startup first, as both entry points do) leaves its home empty:
+    onnxruntime's telemetry id and event store are not written anywhere."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from pneumonia.serving import Bundle; "
+        "import sys, xrayweb.startup; from pneumonia.serving import Bundle; "
         "print(Bundle(sys.argv[1]).predict_bytes(open(sys.argv[2], 'rb').read()).label)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code, str(bundle_dir), str(samples[0])],
-        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "XDG_CACHE_HOME": ""},
+        cwd=Path(__file__).resolve().parents[2],  # django_app/, as gunicorn runs it
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
     )
