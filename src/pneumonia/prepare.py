@@ -159,7 +159,8 @@ def prepare(
     good: list[ImageRecord] = []
     hashes: list[str] = []
     arrays: list[np.ndarray] = []
-    for record in tqdm(records, desc="prepare: decode", unit="img", file=sys.stderr):
+    # disable=None: a bar on a terminal only; a log gets the one summary line of main()
+    for record in tqdm(records, desc="prepare: decode", unit="img", file=sys.stderr, disable=None):
         data = record.path.read_bytes()
         try:
             image = read_image(data)

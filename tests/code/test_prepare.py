@@ -111,3 +111,10 @@ def test_official_val_folder_goes_to_validation(tmp_path):
     official_val = {f"val/{p.parent.name}/{p.name}" for p in (data / "val").rglob("*.jpeg")}
     assert official_val <= set(splits["val"].files)
     shutil.rmtree(data)
+
+
+def test_no_progress_bar_is_written_where_stderr_is_not_a_terminal(small_dataset, capfd):
+    """A CI log gets lines, not thousands of carriage-returned bar updates."""
+    prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    err = capfd.readouterr().err
+    assert "img/s" not in err and "\r" not in err
