@@ -30,7 +30,7 @@ class RejectNulBytesMiddleware:
 
     def __call__(self, request):
         if _has_nul(request):
-            from diagnosis.views import bad_request
+            from diagnosis.views.errors import bad_request
 
             return bad_request(request)
         return self.get_response(request)

@@ -71,7 +71,7 @@ MIDDLEWARE = [
 ]
 
 # A stale form (signed in again in another tab) gets the app's own page, not Django's.
-CSRF_FAILURE_VIEW = "diagnosis.views.csrf_failure"
+CSRF_FAILURE_VIEW = "diagnosis.views.errors.csrf_failure"
 
 # Accounts: staff create clinicians (admin, or `manage.py add_clinician`); no self sign-up.
 LOGIN_URL = "login"

@@ -1,0 +1,156 @@
+"""The JSON API (bearer tokens) and the public health check."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET
+
+from diagnosis.accounts import api_error, api_login_required
+from diagnosis.feedback import (
+    FeedbackRefused,
+    find_prediction,
+    give_feedback,
+)
+from diagnosis.held import hold
+from diagnosis.inference import get_model
+from diagnosis.views.common import (
+    UploadError,
+    history_filters,
+    page_of,
+    predict_upload,
+    prediction_json,
+)
+from pneumonia.serving import BundleError
+
+logger = logging.getLogger(__name__)
+
+
+@require_GET
+def health(request: HttpRequest) -> JsonResponse:
+    try:
+        model = get_model()
+    except BundleError:
+        # Public: no paths or build details; the worker's log says what is wrong.
+        return JsonResponse(
+            {"status": "error", "model_loaded": False, "error": "The model is not loaded."},
+            status=503,
+        )
+    # Public: status and the model's identity (the deploy's smoke test compares the sha256);
+    # provenance (data version, git commit) is on the model card.
+    return JsonResponse(
+        {"status": "ok", "model_loaded": True, "version": model.version, "sha256": model.sha256}
+    )
+
+
+@csrf_exempt  # token auth only: no cookie, so no CSRF exposure
+@api_login_required
+def api_predictions(request: HttpRequest) -> JsonResponse:
+    """POST (multipart, field ``image``): predict and record. GET: the caller's history,
+    newest first, 25 a page, filters ``label``, ``date_from``, ``date_to`` (and ``user``
+    for staff)."""
+    if request.method == "GET":
+        queryset, _, error = history_filters(request)
+        if error:
+            return api_error(400, "bad_filter", error)
+        page = page_of(request, queryset)
+        link = lambda n: request.build_absolute_uri(f"?{_with_page(request, n)}")  # noqa: E731
+        return JsonResponse(
+            {
+                "count": page.paginator.count,
+                "page": page.number,
+                "pages": page.paginator.num_pages,
+                "next": link(page.next_page_number()) if page.has_next() else None,
+                "previous": link(page.previous_page_number()) if page.has_previous() else None,
+                "results": [prediction_json(request, p) for p in page.object_list],
+            }
+        )
+    if request.method != "POST":
+        response = api_error(
+            405,
+            "method_not_allowed",
+            "Use POST with a multipart 'image' file, or GET for your history.",
+        )
+        response["Allow"] = "GET, POST"
+        return response
+    try:
+        result, prediction = predict_upload(request, "api")
+    except UploadError as exc:
+        return api_error(exc.status, exc.code, exc.message)
+    token = secrets.token_urlsafe(18)
+    hold(f"heatmap:{token}", (request.user.pk, result.heatmap_jpeg))
+    return JsonResponse(
+        {
+            **prediction_json(request, prediction),
+            "model": {
+                "name": get_model().manifest.get("name"),
+                "version": prediction.model_version,
+                "sha256": prediction.model_sha256,
+            },
+            "heatmap_url": request.build_absolute_uri(reverse("heatmap", args=[token])),
+            "heatmap_expires_in_seconds": settings.CACHES["default"]["TIMEOUT"],
+            "image_held_for_consent_seconds": settings.FEEDBACK_HOLD_SECONDS,
+        },
+        status=200,  # 200, not 201: the answer is the prediction; kept for v1 clients
+    )
+
+
+def _with_page(request: HttpRequest, number: int) -> str:
+    query = request.GET.copy()
+    query["page"] = str(number)
+    return query.urlencode()
+
+
+@csrf_exempt
+@api_login_required
+def api_prediction(request: HttpRequest, pk: int) -> JsonResponse:
+    if request.method != "GET":
+        return api_error(405, "method_not_allowed", "Use GET.")
+    try:
+        return JsonResponse(prediction_json(request, find_prediction(request.user, pk)))
+    except FeedbackRefused as exc:
+        return api_error(exc.status, exc.code, exc.message)
+
+
+@csrf_exempt
+@api_login_required
+def api_feedback(request: HttpRequest, pk: int) -> JsonResponse:
+    """POST JSON ``{"true_label": "NORMAL"|"PNEUMONIA", "consent": false}``."""
+    if request.method != "POST":
+        return api_error(405, "method_not_allowed", "Use POST with a JSON body.")
+    try:
+        body = json.loads(request.body or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError
+    except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+        return api_error(
+            400, "bad_json", 'Send a JSON object: {"true_label": "NORMAL", "consent": false}.'
+        )
+    consent = body.get("consent", False)
+    if not isinstance(consent, bool):
+        return api_error(400, "bad_consent", "'consent' must be true or false.")
+    try:
+        give_feedback(request.user, pk, body.get("true_label"), consent)
+    except FeedbackRefused as exc:
+        return api_error(exc.status, exc.code, exc.message)
+    prediction = find_prediction(request.user, pk)
+    return JsonResponse(prediction_json(request, prediction), status=201)
+
+
+@csrf_exempt
+@api_login_required
+@require_GET
+def heatmap(request: HttpRequest, token: str) -> HttpResponse:
+    held = cache.get(f"heatmap:{token}")
+    if held is None or held[0] != request.user.pk:
+        return api_error(404, "not_found", "This heat map does not exist or has expired.")
+    response = HttpResponse(held[1], content_type="image/jpeg")
+    response["Cache-Control"] = "private, no-store"
+    return response
