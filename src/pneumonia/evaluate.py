@@ -179,19 +179,22 @@ def write_figures(
     calibration: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> list[Path]:
     """ROC, precision-recall and confusion matrix of the test split, and the reliability diagram
-    of each split in ``calibration`` (name -> (labels, probabilities)), as PNG images."""
+    of each split in ``calibration`` (name -> (labels, probabilities)), as PNG images, drawn
+    by scikit-learn's Display classes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    fpr, tpr, _ = roc_curve(labels, probabilities)
-    ax.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.3f}")
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1)
+    RocCurveDisplay.from_predictions(
+        labels, probabilities, ax=ax, name="test", plot_chance_level=True
+    )
     ax.scatter(
         [1 - metrics["specificity"]],
         [metrics["sensitivity"]],
@@ -204,42 +207,25 @@ def write_figures(
     paths.append(_save(fig, out / "roc.png"))
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    precision, recall, _ = precision_recall_curve(labels, probabilities)
-    ax.plot(recall, precision, label=f"AP {metrics['pr_auc']:.3f}")
+    PrecisionRecallDisplay.from_predictions(labels, probabilities, ax=ax, name="test")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall (test)")
     ax.legend(loc="lower left")
     paths.append(_save(fig, out / "pr.png"))
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     matrix = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]])
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(
-            j,
-            i,
-            str(value),
-            ha="center",
-            va="center",
-            color="white" if value > matrix.max() / 2 else "black",
-            fontsize=14,
-        )
-    ax.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=config.LABELS,
-        yticklabels=config.LABELS,
-        xlabel="predicted",
-        ylabel="actual",
-        title="Confusion matrix (test)",
+    ConfusionMatrixDisplay(matrix, display_labels=list(config.LABELS)).plot(
+        ax=ax, cmap="Blues", colorbar=False
     )
+    ax.set(xlabel="predicted", ylabel="actual", title="Confusion matrix (test)")
     paths.append(_save(fig, out / "confusion.png"))
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
     for name, (split_labels, split_prob) in (calibration or {}).items():
-        rows = reliability(split_labels, split_prob)
         ece = expected_calibration_error(split_labels, split_prob)
-        ax.plot([r[0] for r in rows], [r[1] for r in rows], "o-", label=f"{name} (ECE {ece:.3f})")
+        CalibrationDisplay.from_predictions(
+            split_labels, split_prob, n_bins=ECE_BINS, ax=ax, name=f"{name} (ECE {ece:.3f})"
+        )
     ax.set(
         xlabel="predicted probability of pneumonia",
         ylabel="observed share with pneumonia",

@@ -161,3 +161,23 @@ def test_errors_are_listed_by_class_most_confident_first(tmp_path):
         "PNEUMONIA,p1.jpeg,NORMAL,0.1",
         "PNEUMONIA,p2.jpeg,NORMAL,0.3",
     ]
+
+
+def test_figures_are_drawn_by_scikit_learns_displays(tmp_path):
+    from PIL import Image
+
+    from pneumonia.evaluate import write_figures
+    from pneumonia.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    probabilities = np.clip(labels * 0.6 + rng.normal(0.2, 0.2, 200), 0, 1)
+    metrics = classification_metrics(labels, probabilities, 0.5)
+    paths = write_figures(
+        labels, probabilities, metrics, tmp_path, {"validation": (labels, probabilities)}
+    )
+    assert [p.name for p in paths] == ["roc.png", "pr.png", "confusion.png", "reliability.png"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) >= 400
+            assert len(np.unique(np.asarray(image.convert("L")))) > 10  # something was drawn
