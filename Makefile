@@ -91,6 +91,7 @@ bench: install ## training step, inference and web benchmarks (QUICK=1: only che
 	$(BIN)/python bench/inference.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/request_profile.py $(if $(QUICK),--quick)
 	$(BIN)/python bench/web.py $(if $(QUICK),--quick)
+	$(BIN)/python -m bench.upload_memory $(if $(QUICK),--quick)
 
 bench-pipeline: data ## time every stage on the full data (random init): docs/benchmarks.md
 	PATH=$(BIN):$$PATH bash bench/pipeline_stages.sh -S train.weights=none

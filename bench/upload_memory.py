@@ -2,7 +2,8 @@
 run in a fresh process that is what a gunicorn worker holds (Django set up, the bundle loaded
 and warmed up), then decoded and predicted as the upload view does. Bound: 300 MB per worker.
 
-    python bench/upload_memory.py [--bundle models/bundle] [--quick]
+    python -m bench.upload_memory [--bundle models/bundle] [--quick]   (from the repository root:
+                                                                   the files come from tests/)
 
 Prints one table row per case: what it is, its size on the wire, the outcome (the message of a
 refusal), the worker's RSS before the upload and its peak while handling it (VmHWM, reset
@@ -12,28 +13,24 @@ after the model is loaded).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import secrets
 import subprocess
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
-import numpy as np
-import pydicom
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
 
 from pneumonia.config import SAMPLES_DIR
+from tests.hostile_files import (
+    DeflatedExplicitVRLittleEndian,
+    deflated_bomb,
+    dicom,
+    encode,
+    ramp16,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BOUND_MB = 300
@@ -63,55 +60,12 @@ print(json.dumps({"before": before, "peak": peak, "outcome": outcome}))
 """
 
 
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def dicom(rows, cols, pixel_bytes, syntax=ExplicitVRLittleEndian, **elements) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = pixel_bytes
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def deflated_bomb(rows: int, cols: int) -> bytes:
-    """A deflated DICOM of ``rows`` x ``cols`` 16-bit zeros, written without holding them."""
-    head = dicom(rows, cols, b"", DeflatedExplicitVRLittleEndian)
-    start = 132 + 12 + int.from_bytes(head[140:144], "little")
-    plain = zlib.decompress(head[start:], -zlib.MAX_WBITS)
-    size = rows * cols * 2
-    prefix = plain[: plain.rindex(b"\xe0\x7f\x10\x00")]
-    prefix += b"\xe0\x7f\x10\x00OW\0\0" + size.to_bytes(4, "little")
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts = [compressor.compress(prefix)]
-    chunk = b"\0" * (1 << 22)
-    for _ in range(size // len(chunk)):
-        parts.append(compressor.compress(chunk))
-    parts.append(compressor.compress(b"\0" * (size % len(chunk))) + compressor.flush())
-    return head[:start] + b"".join(parts)
-
-
 def deflated_ramp(rows: int, cols: int) -> bytes:
-    ramp = np.tile(np.linspace(0, 4095, cols), (rows, 1)).astype(np.uint16)
-    return dicom(rows, cols, ramp.tobytes(), DeflatedExplicitVRLittleEndian)
+    return dicom(rows, cols, ramp16(rows, cols).tobytes(), DeflatedExplicitVRLittleEndian)
 
 
 def catalogue(quick: bool) -> list[tuple[str, bytes]]:
-    ramp16 = np.tile(np.linspace(0, 4095, 4096), (4096, 1)).astype(np.uint16)
+    ramp = ramp16(4096, 4096)
     cases = [
         (
             "DICOM declaring 30000 x 30000 (1.8 GB), 128 bytes of pixels",
@@ -125,10 +79,10 @@ def catalogue(quick: bool) -> list[tuple[str, bytes]]:
         ("deflated DICOM 2890 x 2890 16-bit (accepted)", deflated_ramp(2890, 2890)),
         (
             "DICOM 2048 x 2048 16-bit, uncompressed (accepted)",
-            dicom(2048, 2048, ramp16[::2, ::2].copy().tobytes()),
+            dicom(2048, 2048, ramp[::2, ::2].copy().tobytes()),
         ),
         ("16-bit PNG 7999 x 7999", encode(Image.new("I;16", (7999, 7999)), "PNG")),
-        ("16-bit PNG 4090 x 4090 (accepted)", encode(Image.fromarray(ramp16[:4090, :4090]), "PNG")),
+        ("16-bit PNG 4090 x 4090 (accepted)", encode(Image.fromarray(ramp[:4090, :4090]), "PNG")),
         ("RGBA PNG 7999 x 7999", encode(Image.new("RGBA", (7999, 7999)), "PNG")),
         (
             "RGBA PNG 2890 x 2890 (accepted)",

@@ -116,3 +116,10 @@ def test_inference_and_web_benchmarks_run(tmp_path):
         [sys.executable, "bench/web.py", "--quick", "--bundle", str(bundle)], REPO, tool_env()
     )
     assert "(0 errors)" in web.stdout and "| installed app (venv + app + model) |" in web.stdout
+    memory = run(
+        [sys.executable, "-m", "bench.upload_memory", "--quick", "--bundle", str(bundle)],
+        REPO,
+        tool_env(),
+    )
+    assert "refused: The image has 30000x30000 pixels" in memory.stdout
+    assert "inflates to more than" in memory.stdout and "(bound 300 MB)" in memory.stdout

@@ -6,11 +6,8 @@ import io
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from diagnosis.inference import ServedModel, get_model, read_upload
 from pneumonia.data import load_image
@@ -22,6 +19,7 @@ from pneumonia.serving import (
     positive_probability,
     resize,
 )
+from tests.hostile_files import dicom
 
 SIZE = 64
 
@@ -91,26 +89,9 @@ def test_activation_map_peaks_where_the_evidence_is():
 
 
 def dicom_bytes(pixels: np.ndarray, photometric: str, window: tuple[int, int] | None = None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
-    )
-    ds.PatientName = "Test^Patient"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    rows, cols = pixels.shape
+    extra = {"WindowCenter": window[0], "WindowWidth": window[1]} if window else {}
+    return dicom(rows, cols, pixels.astype(np.uint16).tobytes(), photometric=photometric, **extra)
 
 
 def test_dicom_monochrome2_and_monochrome1_read_the_same_picture(samples):
