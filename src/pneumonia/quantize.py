@@ -1,7 +1,7 @@
 """INT8 variant of a serving bundle: onnxruntime static quantisation of the convolutions.
 
     python -m pneumonia.quantize [--bundle models/bundle] [--out models/bundle-int8]
-                                 [--calibration-images 128]
+                                 [--calibration-images N]  (default: params.yaml)
 
 Weights are quantised per output channel (int8), activations per tensor (uint8) with ranges
 measured on real training images (never validation or test ones, which judge the result), in
@@ -139,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bundle", type=Path, default=config.BUNDLE_DIR)
     parser.add_argument("--out", type=Path, default=config.MODELS_DIR / "bundle-int8")
-    parser.add_argument("--calibration-images", type=int, default=128)
+    parser.add_argument(
+        "--calibration-images", type=int, help="default: export.calibration_images (params.yaml)"
+    )
     args = parser.parse_args(argv)
+    from pneumonia.params import load as load_params
     from pneumonia.prepared import load_split
 
+    count = args.calibration_images or load_params().export.calibration_images
     try:
         train = load_split("train")
     except FileNotFoundError:
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        sample = calibration_sample(train.images, train.labels, args.calibration_images)
+        sample = calibration_sample(train.images, train.labels, count)
         manifest = quantize_bundle(args.bundle, args.out, sample)
     except (QuantizeError, BundleError) as exc:
         print(f"quantize: error: {exc}", file=sys.stderr)
