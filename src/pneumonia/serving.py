@@ -441,7 +441,11 @@ class Bundle:
 
     def probabilities(self, gray: np.ndarray) -> np.ndarray:
         """Calibrated positive-class probability per image of a uint8 grayscale batch."""
-        return calibrated_probability(self.run(gray)[0], self.scale, self.bias, self.positive)
+        return self.calibrated(self.run(gray)[0])
+
+    def calibrated(self, logits: np.ndarray) -> np.ndarray:
+        """The bundle's calibrated positive-class probability from logits (N x 2)."""
+        return calibrated_probability(logits, self.scale, self.bias, self.positive)
 
     def predict(self, image: Image.Image) -> Prediction:
         """Label, calibrated probability and heat-map inputs for one grayscale image."""
