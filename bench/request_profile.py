@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one round on 3 images")
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "xrayweb.settings")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "xrayweb.settings"  # production, even under pytest
     os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))  # settings insist
     os.environ["MODEL_DIR"] = str(args.bundle)
     import django

@@ -479,3 +479,14 @@ def test_slow_clients_do_not_take_the_site_down(heroku_app):
             sender.join(timeout=5)
     log = (heroku_app["build"] / "web.log").read_text()
     assert "WORKER TIMEOUT" not in log and "Worker was sent SIGKILL" not in log
+
+
+def test_a_newline_in_a_url_forges_no_access_log_line(heroku_app):
+    try:
+        get(f"{heroku_app['url']}/nothing%0a127.0.0.1%20GET%20/forged%20200", HTTPS)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+    time.sleep(0.5)
+    lines = (heroku_app["build"] / "web.log").read_text().splitlines()
+    assert not [line for line in lines if line.startswith("127.0.0.1 GET /forged")]
+    assert any("nothing" in line and "404" in line for line in lines)
