@@ -319,3 +319,15 @@ def test_staff_manage_clinicians_only(staff, make_user):
     listed = admin.get("/admin/auth/user/").content.decode()
     assert "dr_cy" in listed and "chief" not in listed
     assert admin.get(f"/admin/auth/user/{clinician.pk}/change/").status_code == 200
+
+
+def test_odd_user_names_are_never_logged(clinician, caplog):
+    """A password typed into the name field must not reach a log (the old cache-based
+    throttle logged odd names in Django's cache-key warning)."""
+    import logging
+
+    secret = "My Secret Pass\nword!"
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            sign_in(Client(), secret, "wrong")
+    assert not [r for r in caplog.records if "Secret" in r.getMessage()]
