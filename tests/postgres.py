@@ -21,6 +21,7 @@ from pathlib import Path
 
 LOCAL = "postgresql://postgres@127.0.0.1:5432"
 _server: str | None = None
+throwaway_root: Path | None = None  # the data folder of the server this process started
 
 
 class PostgresUnavailable(RuntimeError):
@@ -74,8 +75,9 @@ def _binaries() -> Path:
 
 def start_throwaway() -> str:
     """Start a private server on a free port of 127.0.0.1; stopped and deleted at exit."""
+    global throwaway_root
     bin_dir = _binaries()
-    root = Path(tempfile.mkdtemp(prefix="pneumonia-pg-"))
+    root = throwaway_root = Path(tempfile.mkdtemp(prefix="pneumonia-pg-"))
     data = root / "data"
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -11,11 +11,12 @@ from tests.conftest import REPO
 
 PROBE = """
 import psycopg
-from tests.postgres import database_url, server_url
-url = server_url()
-with psycopg.connect(database_url(), autocommit=True) as conn:
+from tests import postgres
+url = postgres.server_url()
+with psycopg.connect(postgres.database_url(), autocommit=True) as conn:
     conn.execute("CREATE DATABASE probe")
-    print(url, conn.execute("SHOW server_version").fetchone()[0], flush=True)
+    version = conn.execute("SHOW server_version").fetchone()[0]
+    print(url, postgres.throwaway_root, version, flush=True)
 """
 
 
@@ -34,7 +35,7 @@ def run(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_a_throwaway_server_starts_serves_and_is_gone_at_exit():
     result = run(PROBE, PNEUMONIA_TEST_POSTGRES="throwaway")
     assert result.returncode == 0, result.stderr
-    url, version = result.stdout.split(maxsplit=1)
+    url, root, version = result.stdout.split(maxsplit=2)
     port = int(url.rsplit(":", 1)[1])
     assert url.startswith("postgresql://postgres@127.0.0.1:") and port != 5432
     assert version.split(".")[0].isdigit()
@@ -42,7 +43,7 @@ def test_a_throwaway_server_starts_serves_and_is_gone_at_exit():
 
     with socket.socket() as probe:  # stopped at exit: nothing listens there any more
         assert probe.connect_ex(("127.0.0.1", port)) != 0
-    assert not [p for p in os.listdir("/tmp") if p.startswith("pneumonia-pg-")]
+    assert "pneumonia-pg-" in root and not os.path.exists(root), "its data folder is deleted"
 
 
 def test_the_apps_tests_pass_on_a_throwaway_server():
