@@ -41,8 +41,13 @@ def _has_nul(request) -> bool:
         return True
     fields = [request.GET]
     content_type = request.META.get("CONTENT_TYPE", "")
-    if request.method == "POST" and content_type.startswith(
-        ("application/x-www-form-urlencoded", "multipart/form-data")
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    # An oversized body is left to the view (413) rather than parsed here first.
+    small = length.isdigit() and int(length) <= settings.MAX_UPLOAD_BYTES + 64 * 1024
+    if (
+        request.method == "POST"
+        and small
+        and content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data"))
     ):
         fields.append(request.POST)
     return any(
