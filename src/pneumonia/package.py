@@ -48,15 +48,19 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
         raise PackageError(f"{app_dir} is not the web app (no Procfile)")
 
     with atomic_directory(out_dir) as staging:
-        shutil.copytree(
-            app_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*EXCLUDE)
-        )
-        (staging / "pneumonia").mkdir()  # a namespace package, as src/pneumonia is
-        shutil.copy2(SERVING_MODULE, staging / "pneumonia" / "serving.py")
+        copy_app(app_dir, staging)
         (staging / "model").mkdir()
         for name in ("model.onnx", "model.json"):
             shutil.copy2(bundle_dir / name, staging / "model" / name)
     return manifest
+
+
+def copy_app(app_dir: Path, out_dir: Path) -> None:
+    """The app's code as it runs on a dyno: ``app_dir`` without local files, plus the serving
+    module in ``pneumonia/serving.py`` (a namespace package, as src/pneumonia is)."""
+    shutil.copytree(app_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*EXCLUDE))
+    (out_dir / "pneumonia").mkdir(exist_ok=True)
+    shutil.copy2(SERVING_MODULE, out_dir / "pneumonia" / "serving.py")
 
 
 def app_venv(app_dir: Path = APP_DIR, cache: Path | None = None) -> Path:

@@ -284,7 +284,7 @@ def heroku(tmp_path_factory):
     the API token of a smoke-test account (made as the README tells staff to)."""
     import psycopg
 
-    from pneumonia.package import app_venv
+    from pneumonia.package import app_venv, copy_app
 
     work = tmp_path_factory.mktemp("heroku")
     database = f"rehearsal_{secrets.token_hex(4)}"
@@ -302,9 +302,11 @@ def heroku(tmp_path_factory):
         },
         free_port(),
     )
-    host.manage(REPO / "django_app", "migrate", "--noinput")
+    code = work / "app"  # the app as on a dyno (with pneumonia/serving.py), no bundle needed
+    copy_app(REPO / "django_app", code)
+    host.manage(code, "migrate", "--noinput")
     made = host.manage(
-        REPO / "django_app",
+        code,
         "add_clinician",
         "smoke-test",
         "--password-stdin",
