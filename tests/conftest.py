@@ -59,9 +59,15 @@ def small_dataset(tmp_path: Path) -> Path:
     return copy_subset(tmp_path / "chest_xray", {"train": 20, "val": 4, "test": 6})
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True):
+def run(
+    cmd: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+):
     result = subprocess.run(
-        cmd, cwd=cwd, env=env or os.environ.copy(), capture_output=True, text=True
+        cmd, cwd=cwd, env=env or os.environ.copy(), capture_output=True, text=True, timeout=timeout
     )
     if check and result.returncode != 0:
         raise AssertionError(

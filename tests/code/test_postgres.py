@@ -4,10 +4,9 @@ with PNEUMONIA_TEST_POSTGRES they use that one. Both paths run for real here."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run
 
 PROBE = """
 import psycopg
@@ -20,21 +19,13 @@ with psycopg.connect(postgres.database_url(), autocommit=True) as conn:
 """
 
 
-def run(code: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {k: v for k, v in os.environ.items() if k != "PNEUMONIA_TEST_POSTGRES"}
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**environment, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def throwaway() -> dict[str, str]:
+    """This process's environment, forcing the throwaway path whatever it uses itself."""
+    return {**os.environ, "PNEUMONIA_TEST_POSTGRES": "throwaway"}
 
 
 def test_a_throwaway_server_starts_serves_and_is_gone_at_exit():
-    result = run(PROBE, PNEUMONIA_TEST_POSTGRES="throwaway")
-    assert result.returncode == 0, result.stderr
+    result = run([sys.executable, "-c", PROBE], REPO, throwaway(), timeout=120)
     url, root, version = result.stdout.split(maxsplit=2)
     port = int(url.rsplit(":", 1)[1])
     assert url.startswith("postgresql://postgres@127.0.0.1:") and port != 5432
@@ -48,20 +39,7 @@ def test_a_throwaway_server_starts_serves_and_is_gone_at_exit():
 
 def test_the_apps_tests_pass_on_a_throwaway_server():
     """What a laptop without PostgreSQL gets from `make test`: the Django tests' database."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "django_app/diagnosis/tests/test_accounts.py::test_sign_in_and_out",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PNEUMONIA_TEST_POSTGRES": "throwaway"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-2000:]
+    test = "django_app/diagnosis/tests/test_accounts.py::test_sign_in_and_out"
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    result = run(pytest, REPO, throwaway(), timeout=300)
+    assert "1 passed" in result.stdout, result.stdout[-2000:]

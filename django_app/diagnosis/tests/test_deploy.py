@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pneumonia.package import app_venv, package_app
-from tests.conftest import free_port, stop
+from tests.conftest import free_port, run, stop
 from tests.postgres import database_url
 
 pytestmark = pytest.mark.slow
@@ -239,24 +239,9 @@ def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
 def test_app_suite_passes_on_sqlite(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-m",
-            "not slow",
-            str(APP / "diagnosis" / "tests"),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout[-3000:]
+    tests = str(APP / "diagnosis" / "tests")
+    pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
+    result = run([*pytest, tests], REPO, env)
     assert " passed" in result.stdout and "failed" not in result.stdout
 
 
