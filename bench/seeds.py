@@ -32,16 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from pneumonia.config import PREPARED_DIR, RAW_DIR
 from pneumonia.evaluate import evaluate
 from pneumonia.model import build_model, predict_logits
 from pneumonia.params import Params, as_dict
-from pneumonia.params import load as load_params
-from pneumonia.prepare import prepare, save
-from pneumonia.prepared import PreparedSplit, load_split
+from pneumonia.params import parse as parse_params
+from pneumonia.prepare import prepare
+from pneumonia.prepared import PreparedSplit, load_split, write_split
 from pneumonia.serving import positive_probability
-from pneumonia.train import train
+from pneumonia.train import Processes, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +91,11 @@ def one_run(job: dict) -> dict:
     torch.manual_seed(job["seed"])  # the head's init, as the train stage does
     model = build_model("none", params.input_norm)
     started = time.perf_counter()
-    last = train(model, splits["train"], splits["val"], params, keep, device)[0]
+    processes = Processes(device=device)
+    last, history, _ = train(model, splits["train"], splits["val"], params, keep, processes)
     seconds = time.perf_counter() - started
+    # Steady state: the median epoch after the first (start-up, loader workers, kernel tuning).
+    epoch_seconds = statistics.median(r["epoch_seconds"] for r in history[1:] or history)
     scores = {"last": score(last, splits, job["evaluate"], device)}
     last.load_state_dict(best["state"])
     scores["best_val_loss"] = score(last, splits, job["evaluate"], device)
@@ -100,6 +104,7 @@ def one_run(job: dict) -> dict:
         "precision": job["precision"],
         "best_epoch": best["epoch"],
         "train_seconds": round(seconds, 1),
+        "images_per_second": round(len(splits["train"].labels) / epoch_seconds, 1),
         "test": scores,
     }
 
@@ -111,10 +116,11 @@ def prepared_dir(args, params: Params, scratch: Path) -> Path:
     prep = params.prepare
     size = 32 if args.quick else prep.image_size
     raw = args.data or RAW_DIR
-    splits, report = prepare(raw, size, prep.val_fraction, prep.seed)
-    if args.quick:
-        splits = {name: subset(split, 6) for name, split in splits.items()}
-    save(splits, report, scratch, scratch / "data.json")
+    splits, _ = prepare(raw, size, prep.val_fraction, prep.seed, scratch / "full")
+    if not args.quick:
+        return scratch / "full"
+    for name, split in splits.items():
+        write_split(subset(split, 6), scratch, name)
     return scratch
 
 
@@ -147,9 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, help="raw dataset to prepare (default: prepared)")
     parser.add_argument("--out", type=Path, default=Path("seeds.json"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="train.KEY override"
+    )
     args = parser.parse_args(argv)
 
-    params = load_params()
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for override in args.set:
+        key, value = override.split("=", 1)
+        raw["train"][key.removeprefix("train.")] = yaml.safe_load(value)
+    params = parse_params(raw)
     train_params = replace(params.train, weights="none", **(QUICK if args.quick else {}))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch:
@@ -168,10 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             for precision in args.precisions
         ]
         runs = []
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            for run in pool.imap_unordered(one_run, jobs):
-                print(json.dumps(run), flush=True)  # what is done, should the rest not finish
-                runs.append(run)
+        # In this process when one at a time: a pool's workers may not start loader workers.
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else None
+        for run in pool.imap_unordered(one_run, jobs) if pool else map(one_run, jobs):
+            print(json.dumps(run), flush=True)  # what is done, should the rest not finish
+            runs.append(run)
+        if pool:
+            pool.close()
+            pool.join()
     runs.sort(key=lambda r: (args.precisions.index(r["precision"]), r["seed"]))
     args.out.write_text(
         json.dumps({"train": as_dict(train_params), "device": args.device, "runs": runs}, indent=2)
@@ -181,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     for metric in REPORTED:
         print("\n".join(table(runs, metric)))
     print("Test accuracy of each run:\n")
-    print("| precision | seed | best epoch | train s | " + " | ".join(CHOICES) + " |")
-    print("|---|---:|---:|---:|" + "---:|" * len(CHOICES))
+    print("| precision | seed | best epoch | train s | images/s | " + " | ".join(CHOICES) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(CHOICES))
     for r in runs:
         accs = " | ".join(f"{r['test'][c]['accuracy']:.3f}" for c in CHOICES)
         row = f"{r['precision']} | {r['seed']} | {r['best_epoch']} | {r['train_seconds']}"
+        row += f" | {r['images_per_second']}"
         print(f"| {row} | {accs} |")
     return 0
 

@@ -111,7 +111,9 @@ def predict_logits(
     """Logits (N x classes) for a uint8 grayscale batch, in eval mode (``model`` on ``device``)."""
     model.eval()
     out = [
-        model(to_input(torch.from_numpy(images[i : i + batch_size])).to(device)).float().cpu()
+        model(to_input(torch.from_numpy(np.array(images[i : i + batch_size]))).to(device))
+        .float()
+        .cpu()
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)

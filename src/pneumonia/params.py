@@ -8,6 +8,7 @@ these objects, never a dict, so a partial dict cannot silently select another mo
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,19 @@ class TrainParams:
     label_smoothing: float
     schedule: Literal["cosine", "constant"]
     seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    processes: int | Literal["auto"]
+    loader_workers: int | Literal["auto"]
     augment: AugmentParams
 
     def check(self) -> None:
         _require(self.epochs >= 1, "train.epochs", "at least 1")
+        _require(self.processes == "auto" or self.processes >= 1, "train.processes", ">= 1")
+        _require(
+            self.loader_workers == "auto" or self.loader_workers >= 0,
+            "train.loader_workers",
+            ">= 0",
+        )
         _require(self.batch_size >= 2, "train.batch_size", "at least 2 (BatchNorm)")
         _require(self.lr > 0, "train.lr", "> 0")
         _require(self.early_stopping_patience >= 1, "train.early_stopping_patience", ">= 1")
@@ -136,6 +146,16 @@ def _convert(value: Any, kind: Any, key: str) -> Any:
     """``value`` checked against the annotation ``kind`` (YAML ints pass as floats)."""
     if dataclasses.is_dataclass(kind):
         return from_mapping(kind, value, key)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        for option in typing.get_args(kind):
+            try:
+                return _convert(value, option, key)
+            except ParamsError:
+                pass
+        allowed = " | ".join(
+            str(a) for o in typing.get_args(kind) for a in (typing.get_args(o) or [o.__name__])
+        )
+        raise ParamsError(f"params.yaml: {key} is {value!r}; allowed: {allowed}")
     if typing.get_origin(kind) is Literal:
         allowed = typing.get_args(kind)
         if value not in allowed:

@@ -1,8 +1,10 @@
 """Stage ``prepare``: validate the images, split by patient, cache decoded arrays.
 
-Output, per split, ``data/prepared/{split}.npz`` with ``images`` (N x S x S uint8, grayscale),
-``labels`` (index into ``config.LABELS``), ``files`` (paths relative to the dataset root) and
-``patients``; plus ``metrics/data.json`` with the counts and every rejected file and why.
+Output, per split, ``data/prepared/{split}_images.npy`` (N x S x S uint8, grayscale) and
+``data/prepared/{split}.npz`` with ``labels`` (index into ``config.LABELS``), ``files`` (paths
+relative to the dataset root) and ``patients``; plus ``metrics/data.json`` with the counts and
+every rejected file and why. Images are streamed through files on disk, never held together in
+memory, so memory stays flat as the dataset grows (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -22,7 +25,13 @@ from pneumonia import config
 from pneumonia.data import ImageRecord, content_hash, list_images
 from pneumonia.params import ParamsError
 from pneumonia.params import load as load_params
-from pneumonia.prepared import PreparedSplit, write_split
+from pneumonia.prepared import (
+    PreparedSplit,
+    images_path,
+    load_split,
+    open_images,
+    write_metadata,
+)
 from pneumonia.serving import InvalidImage, read_image
 from pneumonia.serving import resize as resize_image
 
@@ -143,9 +152,14 @@ def _rel(record: ImageRecord) -> str:
 
 
 def prepare(
-    raw_dir: Path, image_size: int, val_fraction: float, seed: int
+    raw_dir: Path, image_size: int, val_fraction: float, seed: int, out_dir: Path
 ) -> tuple[dict[str, PreparedSplit], PrepareReport]:
-    """Validate, group-split and decode the dataset under ``raw_dir``."""
+    """Validate, group-split and decode the dataset under ``raw_dir`` into ``out_dir``; return
+    the splits as written (images memory-mapped) and the report.
+
+    ``out_dir`` is replaced only once every split is complete: an error (an empty split, a full
+    disk) leaves the previous output as it was.
+    """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"prepare.val_fraction must be between 0 and 1, got {val_fraction}")
     report = PrepareReport()
@@ -155,10 +169,30 @@ def prepare(
             f"no images under {raw_dir}: expected {{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg "
             "(run `dvc pull`, or see the README for getting the dataset)"
         )
+    partial = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        _prepare_into(partial, records, image_size, val_fraction, seed, report)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    return {split: load_split(split, out_dir) for split in config.SPLITS}, report
 
+
+def _prepare_into(
+    folder: Path,
+    records: list[ImageRecord],
+    image_size: int,
+    val_fraction: float,
+    seed: int,
+    report: PrepareReport,
+) -> None:
     good: list[ImageRecord] = []
     hashes: list[str] = []
-    arrays: list[np.ndarray] = []
+    decoded = open_images(folder / "decoded.npy", len(records), image_size)
     # disable=None: a bar on a terminal only; a log gets the one summary line of main()
     for record in tqdm(records, desc="prepare: decode", unit="img", file=sys.stderr, disable=None):
         data = record.path.read_bytes()
@@ -167,16 +201,14 @@ def prepare(
         except InvalidImage as exc:
             report.rejected.append({"file": _rel(record), "reason": str(exc)})
             continue
+        decoded[len(good)] = resize_image(image, image_size)
         good.append(record)
         hashes.append(content_hash(data))
-        arrays.append(resize_image(image, image_size))
 
     split_of, report.duplicates_dropped = assign_splits(good, hashes, val_fraction, seed)
 
-    splits: dict[str, PreparedSplit] = {}
     for split in config.SPLITS:
-        idx = [i for i, s in enumerate(split_of) if s == split]
-        labels = np.array([config.LABELS.index(good[i].label) for i in idx], dtype=np.int64)
+        idx = np.array([i for i, s in enumerate(split_of) if s == split], dtype=np.int64)
         counts = Counter(good[i].label for i in idx)
         report.counts[split] = {label: counts.get(label, 0) for label in config.LABELS}
         missing = [label for label in config.LABELS if counts.get(label, 0) == 0]
@@ -187,19 +219,17 @@ def prepare(
                 f"Add valid images under data/chest_xray/{{train,val,test}}/<CLASS>/ "
                 "with `python -m pneumonia.ingest` and run again."
             )
-        images = (
-            np.stack([arrays[i] for i in idx])
-            if idx
-            else np.zeros((0, image_size, image_size), np.uint8)
-        )
+        images = open_images(images_path(folder, split), len(idx), image_size)
+        for start in range(0, len(idx), 1024):
+            images[start : start + 1024] = decoded[idx[start : start + 1024]]
+        images.flush()
+        del images
         report.fingerprints[split] = split_fingerprint([(_rel(good[i]), hashes[i]) for i in idx])
-        splits[split] = PreparedSplit(
-            images=images,
-            labels=labels,
-            files=[_rel(good[i]) for i in idx],
-            patients=[good[i].patient for i in idx],
-        )
-    return splits, report
+        labels = np.array([config.LABELS.index(good[i].label) for i in idx], dtype=np.int64)
+        patients = [good[i].patient for i in idx]
+        write_metadata(folder, split, labels, [_rel(good[i]) for i in idx], patients)
+    del decoded
+    (folder / "decoded.npy").unlink()
 
 
 def split_fingerprint(items: list[tuple[str, str]]) -> str:
@@ -217,10 +247,7 @@ def _summary(rejected: list[dict[str, str]], limit: int = 3) -> str:
     return shown + (f"; and {len(rejected) - limit} more" if len(rejected) > limit else "")
 
 
-def save(splits: dict[str, PreparedSplit], report: PrepareReport, out_dir: Path, data_json: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        write_split(split, out_dir / f"{name}.npz")
+def write_report(report: PrepareReport, data_json: Path) -> None:
     data_json.parent.mkdir(parents=True, exist_ok=True)
     data_json.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
 
@@ -229,13 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     try:
         params = load_params().prepare
-        splits, report = prepare(
-            config.RAW_DIR, params.image_size, params.val_fraction, params.seed
+        _, report = prepare(
+            config.RAW_DIR, params.image_size, params.val_fraction, params.seed, config.PREPARED_DIR
         )
     except (EmptySplitError, ParamsError) as exc:
         print(f"prepare: error: {exc}", file=sys.stderr)
         return 1
-    save(splits, report, config.PREPARED_DIR, config.METRICS_DIR / "data.json")
+    write_report(report, config.METRICS_DIR / "data.json")
     for rejected in report.rejected:
         print(f"prepare: rejected {rejected['file']}: {rejected['reason']}", file=sys.stderr)
     print(

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +34,7 @@ from pneumonia.model import (
     save_checkpoint,
     to_input,
 )
-from pneumonia.params import AugmentParams, ParamsError, TrainParams, as_dict
+from pneumonia.params import AugmentParams, Params, ParamsError, TrainParams, as_dict
 from pneumonia.params import load as load_params
 from pneumonia.prepared import PreparedSplit, load_split
 
@@ -135,11 +138,126 @@ def resolve_precision(precision: str, device_type: str = "cpu") -> str:
     return precision
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process trains: its rank among ``world`` data-parallel processes, and device."""
+
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda`` (which must be present), or ``auto``: CUDA when present."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but PyTorch sees no CUDA device here")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_processes(processes: int | str, device: str) -> int:
+    """``auto``: one process per GPU on CUDA, else one."""
+    if processes == "auto":
+        return max(1, torch.cuda.device_count()) if device == "cuda" else 1
+    return int(processes)
+
+
+def resolve_loader_workers(workers: int | str, device_type: str, world: int) -> int:
+    """``auto``: none on the CPU (its cores run the model; a worker would take one), else up to
+    8 per process from the cores there are."""
+    if workers != "auto":
+        return int(workers)
+    if device_type == "cpu":
+        return 0
+    return max(0, min(8, (os.cpu_count() or 1) // world - 1))
+
+
+class AugmentedBatches(torch.utils.data.Dataset):
+    """Item ``(epoch, b)``: this process's share of the b-th global batch of ``epoch``, augmented.
+
+    The epoch's order comes from ``(seed, epoch)`` (the same in every process) and each batch's
+    augmentation from ``(seed, epoch, b, rank)``, so a run gives the same result with any number
+    of loader workers (which keep their own copy of this object: the epoch travels in the key).
+    A trailing global batch too small for every process to get two images (BatchNorm needs two)
+    is dropped.
+    """
+
+    def __init__(self, split: PreparedSplit, params: TrainParams, processes: Processes):
+        self.images, self.labels = split.images, split.labels
+        self.params, self.processes = params, processes
+        self._cached: tuple[int, list[np.ndarray]] = (0, [])
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This process's image indices, batch by batch, in ``epoch``."""
+        if self._cached[0] != epoch:
+            size, world = self.params.batch_size, self.processes.world
+            generator = torch.Generator().manual_seed(_mix(self.params.seed, epoch))
+            order = torch.randperm(len(self.labels), generator=generator).numpy()
+            batches = [order[start : start + size] for start in range(0, len(order), size)]
+            if batches and len(batches[-1]) < 2 * world:
+                batches.pop()
+            self._cached = (epoch, [batch[self.processes.rank :: world] for batch in batches])
+        return self._cached[1]
+
+    def steps(self) -> int:
+        """Batches per epoch (the same in every epoch and process)."""
+        return len(self.batches(1))
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b = key
+        idx = self.batches(epoch)[b]
+        seed = _mix(self.params.seed, epoch, b, self.processes.rank)
+        x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).float().div(255.0)
+        x = augment(x.unsqueeze(1), self.params.augment, torch.Generator().manual_seed(seed))
+        return to_input(x), torch.from_numpy(self.labels[idx])
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The keys ``(epoch, b)`` of one epoch of ``AugmentedBatches`` (set ``epoch`` before each)."""
+
+    def __init__(self, steps: int):
+        self.steps, self.epoch = steps, 1
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return iter([(self.epoch, b) for b in range(self.steps)])
+
+
+def _mix(*numbers: int) -> int:
+    """One 63-bit seed from several integers (stable across processes and runs)."""
+    digest = hashlib.sha256(",".join(map(str, numbers)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _all_sum(values: list[float], processes: Processes) -> list[float]:
+    """Element-wise sum over all processes."""
+    if processes.world == 1:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=processes.device)
+    torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _from_main(flag: bool, processes: Processes) -> bool:
+    """The main process's ``flag``, in every process."""
+    if processes.world == 1:
+        return flag
+    tensor = torch.tensor([int(flag)], device=processes.device)
+    torch.distributed.broadcast(tensor, src=0)
+    return bool(tensor.item())
 
 
 def train(
@@ -148,7 +266,7 @@ def train(
     val_split: PreparedSplit,
     params: TrainParams,
     on_epoch: Callable[[dict[str, float], nn.Module], None] = lambda record, model: None,
-    device: str = "cpu",
+    processes: Processes | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
     """Train ``model`` (from ``build_model``); return it (eval mode, on the CPU), the per-epoch
     history, and a record of the epoch whose weights are returned.
@@ -156,90 +274,108 @@ def train(
     ``params.select``: ``last`` runs every planned epoch and returns the last one (the end
     of the schedule; docs/model-quality.md); ``best_val_loss`` returns the epoch with the
     lowest validation loss and stops early after ``early_stopping_patience`` epochs without
-    improvement. ``on_epoch(record, model)`` runs after each epoch. Seeds every generator from
-    ``params.seed``. ``device``: where to train (the pipeline uses the CPU; bench/seeds.py
-    can use a GPU).
+    improvement. ``on_epoch(record, model)`` runs after each epoch, in the main process.
+    ``processes``: this process's place among data-parallel processes (an initialised
+    ``torch.distributed`` group when there are several) and its device; by default one process
+    on the CPU. Each process trains on its share of every batch of ``params.batch_size``; the
+    main process validates and decides, and its returned model is the one to keep.
     """
-    generator = seed_everything(params.seed)
+    processes = processes or Processes()
+    device = processes.device
     device_type = torch.device(device).type
+    seed_everything(params.seed)
     model = model.to(device, memory_format=torch.channels_last)
+    net = model
+    if processes.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[torch.device(device).index] if device_type == "cuda" else None
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     weight = class_weights(train_split.labels, params.class_weighting)
     criterion = nn.CrossEntropyLoss(
         weight=None if weight is None else weight.to(device),
         label_smoothing=params.label_smoothing,
     )
-    aug = params.augment
     precision = resolve_precision(params.precision, device_type)
-    batch_size = params.batch_size
-    images = torch.from_numpy(train_split.images)
-    labels = torch.from_numpy(train_split.labels)
+    batches = AugmentedBatches(train_split, params, processes)
+    sampler = EpochSampler(batches.steps())
+    workers = resolve_loader_workers(params.loader_workers, device_type, processes.world)
+    loader = torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device_type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
     epochs = params.epochs
-    selection = params.select
-    steps_per_epoch = math.ceil(len(images) / batch_size)
-    scheduler = lr_schedule(optimizer, params.schedule, epochs * steps_per_epoch)
+    scheduler = lr_schedule(optimizer, params.schedule, epochs * sampler.steps)
 
     history: list[dict[str, float]] = []
     best_loss, best_state, stale = math.inf, None, 0
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(images), generator=generator)
-        if len(order) % batch_size == 1:  # a batch of one breaks BatchNorm
-            order = order[:-1]
+        net.train()
+        sampler.epoch = epoch
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(
-            range(0, len(order), batch_size),
+            loader,
             desc=f"epoch {epoch}/{epochs}",
             unit="batch",
             file=sys.stderr,
-            disable=None,  # no bar where stderr is not a terminal: the epoch line below says it
+            disable=None if processes.is_main else True,  # a bar on a terminal only
         )
-        for start in bar:
-            idx = order[start : start + batch_size]
-            x = augment(images[idx].float().div(255.0).unsqueeze(1), aug, generator)
-            x = to_input(x).to(device).contiguous(memory_format=torch.channels_last)
-            y = labels[idx].to(device)
+        for x, y in bar:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = model(x)
+                logits = net(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += loss.item() * len(idx)
+            total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
-            seen += len(idx)
+            seen += len(y)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        total_loss, correct, seen = _all_sum([total_loss, correct, seen], processes)
 
-        val_logits = torch.from_numpy(predict_logits(model, val_split.images, batch_size, device))
-        val_y = torch.from_numpy(val_split.labels)
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / seen,
-            "train_accuracy": correct / seen,
-            "val_loss": F.cross_entropy(val_logits, val_y, weight=weight).item(),
-            "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
-            "epoch_seconds": time.perf_counter() - started,
-        }
+        record: dict[str, float] = {"epoch": epoch}
+        stop = False
+        if processes.is_main:
+            val_logits = torch.from_numpy(
+                predict_logits(model, val_split.images, params.batch_size, device)
+            )
+            val_y = torch.from_numpy(val_split.labels)
+            record |= {
+                "train_loss": total_loss / seen,
+                "train_accuracy": correct / seen,
+                "val_loss": F.cross_entropy(val_logits, val_y, weight=weight).item(),
+                "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
+                "epoch_seconds": time.perf_counter() - started,
+            }
+            on_epoch(record, model)
+            print(
+                f"epoch {epoch}: train loss {record['train_loss']:.4f} acc "
+                f"{record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc "
+                f"{record['val_accuracy']:.3f} | {record['epoch_seconds']:.0f}s",
+                file=sys.stderr,
+            )
+            if params.select == "best_val_loss":
+                if record["val_loss"] < best_loss:
+                    best_loss, stale = record["val_loss"], 0
+                    best_state = copy.deepcopy(model.state_dict())
+                else:
+                    stale += 1
+                    stop = stale >= params.early_stopping_patience
         history.append(record)
-        on_epoch(record, model)
-        print(
-            f"epoch {epoch}: train loss {record['train_loss']:.4f} acc "
-            f"{record['train_accuracy']:.3f} | val loss {record['val_loss']:.4f} acc "
-            f"{record['val_accuracy']:.3f} | {record['epoch_seconds']:.0f}s",
-            file=sys.stderr,
-        )
-        if selection == "last":
-            continue
-        if record["val_loss"] < best_loss:
-            best_loss, best_state, stale = record["val_loss"], copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= params.early_stopping_patience:
+        if _from_main(stop, processes):
+            if processes.is_main:
                 print(f"early stopping: no val loss improvement in {stale} epochs", file=sys.stderr)
-                break
-    if selection == "last":
+            break
+    if params.select == "last" or not processes.is_main:
         kept = history[-1]
     else:
         assert best_state is not None
@@ -275,9 +411,42 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     try:
         all_params = load_params()
-    except ParamsError as exc:
+        device = resolve_device(all_params.train.device)
+        world = resolve_processes(all_params.train.processes, device)
+    except (ParamsError, ValueError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
+    if world > 1 and "LOCAL_RANK" not in os.environ:
+        # One process per device: this same entry point, started by torchrun.
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        os.execv(sys.executable, [*launch, f"--nproc-per-node={world}", "-m", "pneumonia.train"])
+    processes = start_processes(device)
+    try:
+        return train_and_save(all_params, processes)
+    finally:
+        if processes.world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def start_processes(device: str) -> Processes:
+    """This process's place: alone, or one of torchrun's (``WORLD_SIZE``, ``LOCAL_RANK``...)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Processes(device=device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device == "cuda":
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
+    else:
+        # torchrun gives each process one thread; share the cores instead.
+        local_world = int(os.environ["LOCAL_WORLD_SIZE"])
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Processes(rank=torch.distributed.get_rank(), world=world, device=device)
+
+
+def train_and_save(all_params: Params, processes: Processes) -> int:
+    """The stage in this process: train; the main process also tracks and writes the outputs."""
     params = all_params.train
     train_split, val_split = load_split("train"), load_split("val")
     try:
@@ -287,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsUnavailableError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 1
+    if not processes.is_main:
+        train(model, train_split, val_split, params, processes=processes)
+        return 0
     try:
         tracking.start_run(as_dict(all_params))
     except tracking.TrackingUnavailableError as exc:
@@ -298,10 +470,17 @@ def main(argv: list[str] | None = None) -> int:
             step = int(record["epoch"])
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=step)
 
-        model, history, kept = train(model, train_split, val_split, params, log_epoch)
+        model, history, kept = train(model, train_split, val_split, params, log_epoch, processes)
         summary = summarize(history, kept)
         mlflow.log_metrics({f"train_{k}": float(v) for k, v in summary.items()})
-        mlflow.set_tag("train.precision_used", resolve_precision(params.precision))
+        device_type = torch.device(processes.device).type
+        mlflow.set_tags(
+            {
+                "train.precision_used": resolve_precision(params.precision, device_type),
+                "train.device_used": device_type,
+                "train.processes_used": str(processes.world),
+            }
+        )
 
     save_checkpoint(model, config.MODEL_FILE, train_split.images.shape[-1], params.weights)
     (config.METRICS_DIR / "train.json").write_text(json.dumps(summary, indent=2) + "\n")

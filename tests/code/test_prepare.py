@@ -80,7 +80,13 @@ def test_prepare_reports_bad_files_and_continues(small_dataset):
     (bad / "notes.jpeg").write_text("not an image")
     good = sorted(bad.iterdir())[0]
     (bad / "truncated.jpeg").write_bytes(good.read_bytes()[:2000])
-    splits, report = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    splits, report = prepare(
+        small_dataset,
+        image_size=32,
+        val_fraction=0.2,
+        seed=1,
+        out_dir=small_dataset.parent / "prepared",
+    )
     assert {r["file"] for r in report.rejected} == {
         "train/NORMAL/notes.jpeg",
         "train/NORMAL/truncated.jpeg",
@@ -93,21 +99,37 @@ def test_prepare_reports_bad_files_and_continues(small_dataset):
     }
 
 
-def test_empty_split_is_fatal_with_a_clear_message(small_dataset):
+def test_empty_split_is_fatal_with_a_clear_message_and_keeps_the_previous_output(small_dataset):
+    out = small_dataset.parent / "prepared"
+    before, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1, out_dir=out)
+    written = {p.name: p.read_bytes() for p in out.iterdir()}
     for path in (small_dataset / "test" / "NORMAL").iterdir():
         path.write_bytes(b"%PDF-1.4 renamed")
     with pytest.raises(EmptySplitError, match="split 'test' has no usable NORMAL image.*ingest"):
-        prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+        prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1, out_dir=out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == written
+    assert sorted(p.name for p in small_dataset.parent.iterdir()) == ["chest_xray", "prepared"]
+
+
+def test_prepared_images_are_memory_mapped_not_loaded(small_dataset):
+    splits, _ = prepare(
+        small_dataset, image_size=32, val_fraction=0.2, seed=1, out_dir=small_dataset.parent / "p"
+    )
+    for split in splits.values():
+        assert isinstance(split.images, np.memmap) and not split.images.flags.writeable
+    assert sorted(p.name for p in (small_dataset.parent / "p").iterdir()) == [
+        f"{s}{suffix}" for s in ("test", "train", "val") for suffix in (".npz", "_images.npy")
+    ]
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     with pytest.raises(EmptySplitError, match="dvc pull"):
-        prepare(tmp_path / "nothing", image_size=32, val_fraction=0.2, seed=1)
+        prepare(tmp_path / "nothing", 32, val_fraction=0.2, seed=1, out_dir=tmp_path / "p")
 
 
 def test_official_val_folder_goes_to_validation(tmp_path):
     data = copy_subset(tmp_path / "d", {"train": 10, "val": 2, "test": 2})
-    splits, _ = prepare(data, image_size=32, val_fraction=0.01, seed=1)
+    splits, _ = prepare(data, image_size=32, val_fraction=0.01, seed=1, out_dir=tmp_path / "p")
     official_val = {f"val/{p.parent.name}/{p.name}" for p in (data / "val").rglob("*.jpeg")}
     assert official_val <= set(splits["val"].files)
     shutil.rmtree(data)
@@ -115,6 +137,12 @@ def test_official_val_folder_goes_to_validation(tmp_path):
 
 def test_no_progress_bar_is_written_where_stderr_is_not_a_terminal(small_dataset, capfd):
     """A CI log gets lines, not thousands of carriage-returned bar updates."""
-    prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    prepare(
+        small_dataset,
+        image_size=32,
+        val_fraction=0.2,
+        seed=1,
+        out_dir=small_dataset.parent / "prepared",
+    )
     err = capfd.readouterr().err
     assert "img/s" not in err and "\r" not in err

@@ -200,7 +200,7 @@ def test_train_runs_in_both_precisions_and_restores_the_best_epoch(precision, sm
     from pneumonia.prepare import prepare
     from pneumonia.train import train
 
-    splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    splits, _ = prepare(small_dataset, 32, 0.2, seed=1, out_dir=small_dataset.parent / "p")
     params = replace(TRAIN_PARAMS, precision=precision, select="best_val_loss")
     model, history, kept = train(build_model("none"), splits["train"], splits["val"], params)
     assert [r["epoch"] for r in history] == [1, 2]
@@ -216,7 +216,7 @@ def test_select_last_returns_the_last_epoch_and_never_stops_early(small_dataset)
     from pneumonia.prepare import prepare
     from pneumonia.train import summarize, train
 
-    splits, _ = prepare(small_dataset, image_size=32, val_fraction=0.2, seed=1)
+    splits, _ = prepare(small_dataset, 32, 0.2, seed=1, out_dir=small_dataset.parent / "p")
     params = replace(TRAIN_PARAMS, epochs=3, early_stopping_patience=1, select="last")
     seen = []
 
@@ -235,3 +235,51 @@ def test_select_last_returns_the_last_epoch_and_never_stops_early(small_dataset)
     summary = summarize(history, kept)
     assert summary["kept_epoch"] == 3 and summary["epochs_run"] == 3
     assert summary["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
+
+
+def test_loader_workers_change_nothing_but_speed(small_dataset):
+    """Each batch's augmentation is seeded by (seed, epoch, batch, rank), not by which worker
+    makes it: two workers give the same run as none."""
+    from pneumonia.prepare import prepare
+    from pneumonia.train import train
+
+    splits, _ = prepare(small_dataset, 32, 0.2, seed=1, out_dir=small_dataset.parent / "p")
+    runs = [
+        train(
+            torch.manual_seed(0) and build_model("none"),
+            splits["train"],
+            splits["val"],
+            replace(TRAIN_PARAMS, epochs=2, loader_workers=workers, select="last"),
+        )
+        for workers in (0, 2)
+    ]
+    (model_a, history_a, _), (model_b, history_b, _) = runs
+    for a, b in zip(history_a, history_b, strict=True):
+        assert {k: v for k, v in a.items() if k != "epoch_seconds"} == {
+            k: v for k, v in b.items() if k != "epoch_seconds"
+        }
+    for (name, a), b in zip(
+        model_a.state_dict().items(), model_b.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_each_process_gets_a_disjoint_share_of_every_batch(world):
+    from pneumonia.prepared import PreparedSplit
+    from pneumonia.train import AugmentedBatches, Processes
+
+    n = 45  # 5 full batches of 8, then 5 images: dropped when a process would get fewer than 2
+    split = PreparedSplit(np.zeros((n, 8, 8), np.uint8), np.arange(n) % 2, [""] * n, [""] * n)
+    params = replace(TRAIN_PARAMS, batch_size=8)
+    shares = [AugmentedBatches(split, params, Processes(rank, world)) for rank in range(world)]
+    for epoch in (1, 2):
+        assert len({len(share.batches(epoch)) for share in shares}) == 1  # same steps everywhere
+        seen = np.concatenate([b for share in shares for b in share.batches(epoch)])
+        assert len(seen) == len(set(seen.tolist()))  # no image twice in an epoch
+        full_batches = 5 + (world <= 2)  # 5 left over: two each for 1 or 2 processes, not 3
+        assert len(seen) == min(n, 8 * full_batches)
+        for b in range(shares[0].steps()):
+            assert all(len(share.batches(epoch)[b]) >= 2 for share in shares)
+    orders = [np.concatenate(shares[0].batches(epoch)) for epoch in (1, 2)]
+    assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pneumonia import runner as pneumonia_runner
 from tests.conftest import BIN, REPO
+
+CLOUD_ENV = {"CML_REPO_TOKEN": "t", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
 
 WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
 ACTION_FILES = [*WORKFLOWS, *sorted((REPO / ".github" / "actions").rglob("action.yml"))]
@@ -96,7 +99,7 @@ def test_untrusted_inputs_reach_scripts_only_through_env(path):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_every_project_command_the_workflows_call_exists(path):
-    for module in set(re.findall(r"python -m (pneumonia\.\w+)", path.read_text())):
+    for module in set(re.findall(r"python3? -m (pneumonia\.\w+)", path.read_text())):
         assert callable(importlib.import_module(module).main), module
 
 
@@ -106,6 +109,23 @@ def test_retrain_runs_daily_and_on_demand_with_typed_inputs():
     inputs = workflow["on"]["workflow_dispatch"]["inputs"]
     assert inputs["force"]["type"] == "boolean" and inputs["epochs"]["type"] == "string"
     assert inputs["reason"]["type"] == "string"
+    assert inputs["runner"]["type"] == "choice" and inputs["runner"]["default"] == "cpu"
+    assert inputs["runner"]["options"] == ["cpu", "self-hosted-gpu", "cloud-gpu"]
+
+
+def test_retrain_trains_on_the_runner_the_runner_job_chose():
+    jobs = load(REPO / ".github/workflows/retrain.yml")["jobs"]
+    choose = jobs["runner"]["steps"][-1]
+    assert "python3 -m pneumonia.runner --runner" in choose["run"]
+    assert choose["env"]["RUNNER"] == "${{ inputs.runner || 'cpu' }}"  # schedule: the CPU
+    assert jobs["retrain"]["needs"] == "runner"
+    assert jobs["retrain"]["runs-on"] == "${{ fromJSON(needs.runner.outputs.labels) }}"
+    setup = next(s for s in jobs["retrain"]["steps"] if s.get("uses") == "./.github/actions/setup")
+    assert setup["with"]["torch"] == "${{ needs.runner.outputs.torch }}"
+    for option in load(REPO / ".github/workflows/retrain.yml")["on"]["workflow_dispatch"]["inputs"][
+        "runner"
+    ]["options"]:
+        assert pneumonia_runner.choose(option, CLOUD_ENV).labels  # every option is handled
 
 
 def test_deploys_never_overlap_and_follow_what_is_served():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pneumonia.model import save_checkpoint
+from pneumonia.prepared import PreparedSplit, write_split
 from tests.bundles import calibrated_model, make_bundle, real_images
 from tests.conftest import REPO, copy_subset, run, tool_env
 
@@ -77,14 +78,9 @@ def write_prepared(folder, size: int) -> None:
     folder.mkdir()
     for split in ("train", "test"):
         images = real_images(split, 4, size)
-        names = np.array([f"{split}{i}.jpeg" for i in range(len(images))])
-        np.savez(
-            folder / f"{split}.npz",
-            images=images,
-            labels=np.array([0] * 4 + [1] * 4),
-            files=names,
-            patients=names,
-        )
+        names = [f"{split}{i}.jpeg" for i in range(len(images))]
+        split_data = PreparedSplit(images, np.array([0] * 4 + [1] * 4), names, names)
+        write_split(split_data, folder, split)
 
 
 def test_inference_and_web_benchmarks_run(tmp_path):

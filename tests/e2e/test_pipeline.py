@@ -32,8 +32,11 @@ def test_every_stage_leaves_its_outputs(repro):
         assert f"Running stage '{stage}'" in result.stdout
     for path in (
         "data/prepared/train.npz",
+        "data/prepared/train_images.npy",
         "data/prepared/val.npz",
+        "data/prepared/val_images.npy",
         "data/prepared/test.npz",
+        "data/prepared/test_images.npy",
         "models/model.pt",
         "models/mlflow_run.json",
         "models/bundle/model.onnx",
