@@ -19,6 +19,14 @@ from tests.conftest import DATASET, REPO, require_data
 EXPORT_PARAMS = replace(load_params(REPO / "params.yaml").export, quantize="none")
 # What the evaluate stage writes about calibration when none is fitted (scale 1, bias 0).
 UNCALIBRATED = {"calibration": "none", "calibration_scale": 1.0, "calibration_bias": 0.0}
+# The metrics a hand-made test bundle records (its threshold is what the manifest must carry).
+BUNDLE_METRICS = {
+    "threshold": 0.42,
+    "accuracy": 0.9,
+    "sensitivity": 0.95,
+    "specificity": 0.8,
+    **UNCALIBRATED,
+}
 
 
 def real_images(split: str, n: int, size: int) -> np.ndarray:
@@ -43,7 +51,13 @@ def calibrated_model(size: int, input_norm: str = "fixed") -> torch.nn.Module:
     return model.eval()
 
 
-def make_bundle(model: torch.nn.Module, size: int, out: Path, metrics: dict) -> Path:
+def make_bundle(
+    model: torch.nn.Module, size: int, out: Path, metrics: dict, guard: bool = False
+) -> Path:
+    """Export ``model`` as a float bundle; ``guard``: with the "is this a chest X-ray?" guard
+    fitted on 80 real training images, its threshold on the 16 official validation images."""
     metrics = {**UNCALIBRATED, **metrics}
-    export(model, size, real_images("test", 4, size), metrics, metrics, EXPORT_PARAMS, "none", out)
+    fit = (real_images("train", 40, size), real_images("val", 8, size)) if guard else None
+    check = real_images("test", 4, size)
+    export(model, size, check, metrics, metrics, EXPORT_PARAMS, "none", out, guard_images=fit)
     return out

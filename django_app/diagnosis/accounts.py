@@ -24,8 +24,8 @@ from django.utils import timezone
 from diagnosis.models import ApiToken, LoginFailure, hash_token
 
 
-def api_error(status: int, code: str, message: str) -> JsonResponse:
-    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+def api_error(status: int, code: str, message: str, **details) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message, **details}}, status=status)
 
 
 def token_user(request: HttpRequest):

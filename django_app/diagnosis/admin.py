@@ -9,7 +9,7 @@ from django.db.models import Q
 from django.http import HttpResponse
 
 from diagnosis.export import export_to_zip
-from diagnosis.models import ApiToken, DatasetExport, Feedback, Prediction
+from diagnosis.models import ApiToken, DatasetExport, Feedback, Prediction, Refusal
 from diagnosis.storage import StorageUnavailable
 
 admin.site.site_header = "Pneumonia X-ray check: staff"
@@ -41,6 +41,14 @@ class ReadOnly(StaffRole, admin.ModelAdmin):
 class PredictionAdmin(ReadOnly):
     list_display = ("id", "created_at", "user", "label", "probability", "model_version", "source")
     list_filter = ("label", "source", "model_version", "created_at")
+    search_fields = ("user__username", "image_sha256")
+    date_hierarchy = "created_at"
+
+
+@admin.register(Refusal)
+class RefusalAdmin(ReadOnly):
+    list_display = ("id", "created_at", "user", "reason", "model_version", "source")
+    list_filter = ("reason", "source", "model_version", "created_at")
     search_fields = ("user__username", "image_sha256")
     date_hierarchy = "created_at"
 

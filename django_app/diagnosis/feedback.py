@@ -12,7 +12,7 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
 from diagnosis.held import hold
-from diagnosis.models import LABEL_CHOICES, Feedback, Prediction
+from diagnosis.models import LABEL_CHOICES, Feedback, Prediction, Refusal
 from diagnosis.storage import StorageUnavailable, content_name, image_store
 
 LABELS = [value for value, _ in LABEL_CHOICES]
@@ -37,6 +37,12 @@ def hold_image(prediction: Prediction, png: bytes) -> None:
 def visible_predictions(user):
     """The predictions ``user`` may see: their own; staff see everyone's."""
     queryset = Prediction.objects.select_related("user", "feedback")
+    return queryset if user.is_staff else queryset.filter(user=user)
+
+
+def visible_refusals(user):
+    """The refused uploads ``user`` may see: their own; staff see everyone's."""
+    queryset = Refusal.objects.select_related("user")
     return queryset if user.is_staff else queryset.filter(user=user)
 
 

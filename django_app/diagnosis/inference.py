@@ -138,7 +138,7 @@ def reset() -> None:
 
 
 def warm_up() -> None:
-    """Load the model at process start and run it once on a blank image, so that the first
+    """Load the model at process start and run it once on a blank input, so that the first
     clinician waits for neither and onnxruntime's buffers are sized before serving; a missing
     bundle is logged, and /health reports it."""
     try:
@@ -146,7 +146,8 @@ def warm_up() -> None:
     except serving.BundleError as exc:
         logger.error("model not loaded: %s", exc)
         return
-    model.predict_image(Image.new("L", (model.size, model.size)))
+    # The model itself, not predict_image: the guard would refuse a blank image.
+    model.run(np.zeros((1, model.size, model.size), np.uint8))
 
 
 def model_context(request) -> dict[str, Any]:
@@ -155,4 +156,6 @@ def model_context(request) -> dict[str, Any]:
         model = get_model()
     except serving.BundleError as exc:
         return {"model": None, "model_error": str(exc)}
-    return {"model": model, "card": model.manifest}
+    refused = (model.manifest.get("guard") or {}).get("refused") or {}
+    percent = {split: 100 * share for split, share in refused.items() if share is not None}
+    return {"model": model, "card": model.manifest, "guard_refused": percent}

@@ -46,6 +46,39 @@ class Prediction(models.Model):
         return f"#{self.pk} {self.label} {self.probability:.3f} ({self.created_at:%Y-%m-%d %H:%M})"
 
 
+REFUSAL_CHOICES = [
+    ("too_small", "far smaller than a radiograph"),
+    ("uniform", "nearly uniform"),
+    ("colour", "a colour image"),
+    ("unlike_training", "unlike the chest X-rays the model knows"),
+]
+
+
+class Refusal(models.Model):
+    """An upload the model gave no answer to because it is not a chest X-ray like those it
+    learned from (``serving.NotAChestXray``): recorded so that the history shows the attempt,
+    with no label and no probability."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="refusals"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    source = models.CharField(max_length=8, choices=[("web", "web"), ("api", "api")])
+    model_version = models.CharField(max_length=64)
+    reason = models.CharField(max_length=16, choices=REFUSAL_CHOICES)
+    image_sha256 = models.CharField(max_length=64, help_text="sha256 of the uploaded file's bytes")
+    case_reference = models.CharField(max_length=40, blank=True)
+    image_width = models.PositiveIntegerField()
+    image_height = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} refused: {self.reason} ({self.created_at:%Y-%m-%d %H:%M})"
+
+
 class DatasetExport(models.Model):
     """One run of the export: the folder name it wrote and how many images it held."""
 

@@ -29,11 +29,11 @@ from pneumonia import config, served, tracking
 from pneumonia.files import atomic_directory, atomic_write_text
 from pneumonia.metrics import classification_metrics
 from pneumonia.model import load_checkpoint, to_input
-from pneumonia.params import ExportParams, ParamsError
+from pneumonia.params import ExportParams, GuardParams, ParamsError
 from pneumonia.params import load as load_params
 from pneumonia.prepared import PreparedSplit, load_split
 from pneumonia.quantize import QuantizeError, calibration_sample, quantized
-from pneumonia.serving import Bundle, sha256_file
+from pneumonia.serving import Bundle, Guard, sha256_file
 
 BUNDLE_FORMAT = 1
 SERVED_LOGGED = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -145,6 +145,63 @@ def build_manifest(
     }
 
 
+def pooled_features(bundle: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """The bundle's last feature map, averaged over space, for each uint8 image (N x K)."""
+    return np.concatenate(
+        [
+            bundle.run(images[i : i + batch])[1].mean(axis=(2, 3))
+            for i in range(0, len(images), batch)
+        ]
+    )
+
+
+def _rounded(values: np.ndarray) -> list:
+    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(values).tolist()
+
+
+def fit_guard(
+    train_features: np.ndarray, val_features: np.ndarray, params: GuardParams
+) -> dict[str, Any]:
+    """model.json's ``guard``: the training images' feature distribution (mean, the top
+    ``params.components`` principal directions and variances, the mean variance of the rest)
+    and the refusal threshold, the ``params.quantile`` of the validation images' distances."""
+    mean = train_features.mean(axis=0)
+    centred = train_features - mean
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / max(1, len(centred) - 1))
+    order = np.argsort(eigenvalues)[::-1]
+    k = min(params.components, len(order) - 1)
+    floor = max(float(eigenvalues[order[0]]), 1e-12) * 1e-6  # dead (always zero) features
+    section: dict[str, Any] = {
+        "method": "feature distance: Gaussian in the top principal components + residual",
+        "min_side": params.min_side,
+        "min_contrast": params.min_contrast,
+        "max_colour": params.max_colour,
+        "mean": _rounded(mean),
+        "components": _rounded(eigenvectors[:, order[:k]].T),
+        "variances": _rounded(np.maximum(eigenvalues[order[:k]], floor)),
+        "residual_variance": float(f"{max(float(eigenvalues[order[k:]].mean()), floor):.6g}"),
+        "threshold": 0.0,
+    }
+    distances = Guard.from_manifest(section).distance(val_features)
+    section["threshold"] = float(np.quantile(distances, params.quantile))
+    section["fitted_on"] = {
+        "train_images": int(len(train_features)),
+        "validation_images": int(len(val_features)),
+        "validation_quantile": params.quantile,
+    }
+    return section
+
+
+def guard_refusals(bundle: Bundle, images: np.ndarray) -> float:
+    """Share of ``images`` (uint8, the model's input size) the bundle's guard refuses by their
+    features or contrast (the checks on size and colour need the original file)."""
+    assert bundle.guard is not None
+    contrast = images.reshape(len(images), -1).std(axis=1) / 255.0
+    distance = bundle.guard.distance(pooled_features(bundle, images))
+    refused = (contrast < bundle.guard.min_contrast) | (distance > bundle.guard.threshold)
+    return float(refused.mean())
+
+
 def batched_probabilities(bundle: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """The bundle's calibrated positive-class probability for each uint8 image."""
     return np.concatenate(
@@ -188,14 +245,17 @@ def export(
     out_dir: Path,
     calibration: np.ndarray | None = None,
     test_split: PreparedSplit | None = None,
+    guard_images: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray | None]:
     """Export, check parity and write the bundle to ``out_dir`` atomically; return model.json
     and the served model's calibrated probability for each image of ``test_split`` (None
     without it).
 
     With ``export.quantize: int8``, ``calibration`` (uint8 training images) sets the INT8
-    activation ranges and ``test_split`` checks the served model's accuracy. ``model.json`` is
-    written once, when the served model has passed every check."""
+    activation ranges and ``test_split`` checks the served model's accuracy. ``guard_images``
+    (training and validation images) fit the served model's guard (``fit_guard``); without
+    them the bundle has none and answers every image. ``model.json`` is written once, when the
+    served model has passed every check."""
     if params.quantize == "int8" and (calibration is None or test_split is None):
         raise QuantizeError("export.quantize int8 needs calibration images and the test split")
     with atomic_directory(out_dir) as staging:
@@ -240,6 +300,20 @@ def export(
             float_onnx.unlink()
         else:
             float_onnx.replace(staging / "model.onnx")
+        if guard_images is not None:
+            bundle = Bundle.from_parts(staging / "model.onnx", manifest)
+            train_images, val_images = guard_images
+            manifest["guard"] = fit_guard(
+                pooled_features(bundle, train_images),
+                pooled_features(bundle, val_images),
+                params.guard,
+            )
+            guarded = Bundle.from_parts(staging / "model.onnx", manifest)
+            manifest["guard"]["refused"] = {
+                "validation": guard_refusals(guarded, val_images),
+                # measured, never used to choose anything
+                "test": None if test_split is None else guard_refusals(guarded, test_split.images),
+            }
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         Bundle(staging)  # what is served loads and matches its manifest
     return manifest, served_probability
@@ -261,6 +335,8 @@ def write_served_record(
         "version": manifest["version"],
         "test": metrics,
         "test_data": test_fingerprint,
+        # share of the validation and test images the guard refuses (not in the test metrics)
+        "guard_refused": manifest["guard"]["refused"] if "guard" in manifest else None,
     }
     atomic_write_text(
         root / served.SERVED_TEST_CSV,
@@ -338,9 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     test_metrics = json.loads((config.METRICS_DIR / "test.json").read_text())
     calibration = None
     try:
+        train = load_split("train")
         if params.quantize == "int8":
-            train = load_split("train")
             calibration = calibration_sample(train.images, train.labels, params.calibration_images)
+        fit = calibration_sample(train.images, train.labels, params.guard.fit_images)
         manifest, probability = export(
             model,
             image_size,
@@ -352,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             config.BUNDLE_DIR,
             calibration=calibration,
             test_split=test,
+            guard_images=(fit, load_split("val").images),
         )
         data = json.loads((config.METRICS_DIR / "data.json").read_text())
         record = write_served_record(

@@ -46,17 +46,20 @@ from pneumonia.served import (
     Predictions,
     parse_predictions,
     parse_record,
+    without_guard,
 )
 
 COMPARED = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")
 UNCHANGED = "model unchanged"
+GUARD_ONLY = "guard changed, answers unchanged"
 __all__ = ["MetricsError", "Verdict", "run_gate", "paired_comparison"]
 
 
 @dataclass
 class Verdict:
     passed: bool
-    # "model unchanged" | "served metrics on <base>" | "re-scored on this test split" | "none"
+    # "model unchanged" | "guard changed, answers unchanged" | "served metrics on <base>" |
+    # "re-scored on this test split" | "none"
     baseline: str
     reasons: list[str] = field(default_factory=list)
     challenger: dict[str, Any] | None = None  # served test metrics of this work tree's model
@@ -278,6 +281,16 @@ def run_gate(base: str, root: Path | None = None) -> Verdict:
         ]
         return Verdict(
             True, UNCHANGED, reasons, record.get("test"), base_record.get("test"), None, rules
+        )
+    if without_guard(base_record["model"]) == without_guard(record["model"]):
+        refused = (record.get("guard_refused") or {}).get("validation")
+        share = "" if refused is None else f"; it refuses {refused:.1%} of the validation images"
+        reasons = [
+            f"only the input guard changed: every image it lets through gets the answer of the "
+            f"model on {base} (same ONNX file, calibration and threshold){share}"
+        ]
+        return Verdict(
+            True, GUARD_ONLY, reasons, record.get("test"), base_record.get("test"), None, rules
         )
     if record.get("test_data") is not None and base_record.get("test_data") == record["test_data"]:
         source = f"{SERVED_TEST_CSV} at {base}"

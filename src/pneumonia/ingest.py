@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pneumonia import config
 from pneumonia.data import content_hash, list_images, patient_id
-from pneumonia.serving import InvalidImage, image_format, read_image
+from pneumonia.serving import InvalidImage, read_image
 from pneumonia.tools import tool
 
 NEW_PATIENT_SPLITS = ("train", "test")  # val is carved out of train by the prepare stage
@@ -96,12 +96,12 @@ def plan_ingest(source: Path, data_dir: Path, new_patient_split: str = "train") 
             continue
         data = path.read_bytes()
         try:
-            image, fmt = read_image(data), image_format(data)
+            image = read_image(data)
         except InvalidImage as exc:
             plan.rejected.append((relative, str(exc)))
             continue
         digest = content_hash(data)
-        stored = _stored_bytes(data, fmt, image)
+        stored = _stored_bytes(data, image.info["format"], image)
         if digest in known_hashes or content_hash(stored) in known_hashes:
             plan.duplicates.append((relative, "same content already in the dataset"))
             continue

@@ -94,6 +94,24 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class GuardParams:
+    components: int
+    fit_images: int
+    quantile: float
+    min_side: int
+    min_contrast: float
+    max_colour: float
+
+    def check(self) -> None:
+        _require(self.components >= 1, "export.guard.components", "at least 1")
+        _require(self.fit_images > self.components, "export.guard.fit_images", "> components")
+        _require(0.5 < self.quantile <= 1, "export.guard.quantile", "in (0.5, 1]")
+        _require(self.min_side >= 1, "export.guard.min_side", ">= 1")
+        _require(0 <= self.min_contrast < 1, "export.guard.min_contrast", "in [0, 1)")
+        _require(0 < self.max_colour <= 1, "export.guard.max_colour", "in (0, 1]")
+
+
+@dataclass(frozen=True)
 class ExportParams:
     opset: int
     parity_images: int
@@ -101,8 +119,10 @@ class ExportParams:
     quantize: Literal["int8", "none"]
     calibration_images: int
     max_accuracy_drop: float
+    guard: GuardParams
 
     def check(self) -> None:
+        self.guard.check()
         _require(self.opset >= 18, "export.opset", ">= 18 (the torch.export-based exporter)")
         _require(self.parity_images >= 1, "export.parity_images", "at least 1")
         _require(self.parity_tolerance > 0, "export.parity_tolerance", "> 0")

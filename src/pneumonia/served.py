@@ -44,7 +44,31 @@ def identity(manifest: dict[str, Any]) -> dict[str, Any]:
         "positive_label": manifest["positive_label"],
         "calibration": {k: calibration.get(k) for k in ("method", "scale", "bias")},
         "threshold": manifest["threshold"],
+        "guard": guard_identity(manifest.get("guard")),
     }
+
+
+GUARD_DECIDES = ("min_side", "min_contrast", "max_colour", "threshold", "mean", "components")
+GUARD_DECIDES += ("variances", "residual_variance")
+
+
+def guard_identity(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What decides the guard's refusals: its threshold, and a digest of the rest (the fitted
+    distribution is thousands of numbers)."""
+    if section is None:
+        return None
+    deciding = {k: section[k] for k in GUARD_DECIDES}
+    canonical = json.dumps(deciding, sort_keys=True, separators=(",", ":"))
+    return {
+        "threshold": section["threshold"],
+        "sha256": hashlib.sha256(canonical.encode()).hexdigest(),
+    }
+
+
+def without_guard(model: dict[str, Any]) -> dict[str, Any]:
+    """A served identity without its guard: equal ones give the same answer to every image the
+    guard lets through."""
+    return {k: v for k, v in model.items() if k != "guard"}
 
 
 def identity_digest(manifest: dict[str, Any]) -> str:

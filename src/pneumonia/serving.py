@@ -72,6 +72,18 @@ class InvalidImage(ValueError):
     sent it, and never contains the file's content."""
 
 
+class NotAChestXray(InvalidImage):
+    """The file is an image, but not one like the chest X-rays the model learned from: no
+    probability is given. ``reason`` names the check that refused it."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(
+            f"This does not look like a chest X-ray ({detail}), so the model gives no answer."
+            " Upload a frontal chest radiograph (JPEG, PNG or DICOM)."
+        )
+        self.reason = reason
+
+
 class BundleError(RuntimeError):
     """The serving bundle is missing, incomplete or does not match its manifest."""
 
@@ -87,19 +99,6 @@ def sha256_file(path: Path) -> str:
 # --- decoding -----------------------------------------------------------------------------
 
 
-def image_format(data: bytes) -> str:
-    """``DICOM``, or the format Pillow reads from the header (``JPEG``, ``PNG``...), by content."""
-    if _is_dicom(data):
-        return "DICOM"
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            return str(probe.format)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidImage(
-            f"This file is not an image (is it a PDF or a document?). {FORMATS_HINT}"
-        ) from None
-
-
 def read_image(data: bytes, max_side: int | None = None) -> Image.Image:
     """Decode image bytes (JPEG, PNG or DICOM, by content) into an upright 8-bit grayscale
     image; ``InvalidImage`` for anything else.
@@ -107,11 +106,16 @@ def read_image(data: bytes, max_side: int | None = None) -> Image.Image:
     ``max_side``: the caller needs no more than this many pixels on the longer side, so a large
     JPEG may be decoded at 1/2, 1/4 or 1/8 scale (never below ``max_side``). ``None`` decodes at
     full size, as the pipeline does for its training images. ``image.info["source_size"]`` is
-    the upright (width, height) of the image as stored in the file.
+    the upright (width, height) of the image as stored in the file, ``image.info["format"]``
+    what the content is (``DICOM``, ``JPEG``, ``PNG``...).
     """
     if not data:
         raise InvalidImage(f"The file is empty. {FORMATS_HINT}")
-    image = _read_dicom(data) if _is_dicom(data) else _read_picture(data, max_side)
+    if _is_dicom(data):
+        image = _read_dicom(data)
+        image.info["format"] = "DICOM"
+    else:
+        image = _read_picture(data, max_side)
     image.info.setdefault("source_size", image.size)
     return image
 
@@ -180,9 +184,26 @@ def _read_picture(data: bytes, max_side: int | None) -> Image.Image:
             ) from None
     scale = stored[0] / image.size[0]  # > 1 where decoded at reduced scale
     ImageOps.exif_transpose(image, in_place=True)  # not a copy: one raster at a time
+    colour = colourfulness(image)
     gray = to_grayscale(image)
     gray.info["source_size"] = (round(gray.width * scale), round(gray.height * scale))
+    gray.info["format"] = fmt
+    gray.info["colour"] = colour
     return gray
+
+
+def colourfulness(image: Image.Image) -> float:
+    """Mean chroma (max - min of R, G, B) in [0, 1] of a small copy: about 0 for a radiograph,
+    even one saved as RGB; 0.1 and more for colour photographs."""
+    if image.mode not in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "P", "PA"):
+        return 0.0
+    side = max(image.size)
+    size = (max(1, image.width * 64 // side), max(1, image.height * 64 // side))
+    box = image.mode not in ("P", "PA")  # palette indices cannot be averaged
+    small = image.resize(size, Image.Resampling.BOX if box else Image.Resampling.NEAREST)
+    small = small.convert("RGB")
+    rgb = np.asarray(small, dtype=np.int16)
+    return float((rgb.max(axis=2) - rgb.min(axis=2)).mean() / 255.0)
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
@@ -358,6 +379,63 @@ def _dicom_to_uint8(pixels, ds, slope, intercept, center, width, has_lut) -> np.
 # --- the model ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Guard:
+    """ "Is this a chest X-ray?", fitted by the export stage on the training images (model.json,
+    ``guard``). Cheap checks first (too small, colour, nearly uniform), then the distance of the
+    network's pooled features from the training images': a Gaussian in the top principal
+    components plus an isotropic residual, per feature dimension (about 1 for a training image),
+    refused above the threshold chosen on validation images."""
+
+    min_side: int
+    min_contrast: float  # standard deviation of the model's input pixels, in [0, 1]
+    max_colour: float  # ``colourfulness``
+    threshold: float
+    mean: np.ndarray  # K
+    components: np.ndarray  # k x K, orthonormal rows
+    variances: np.ndarray  # k
+    residual_variance: float
+
+    @classmethod
+    def from_manifest(cls, section: dict[str, Any]) -> Guard:
+        return cls(
+            min_side=int(section["min_side"]),
+            min_contrast=float(section["min_contrast"]),
+            max_colour=float(section["max_colour"]),
+            threshold=float(section["threshold"]),
+            mean=np.asarray(section["mean"], np.float64),
+            components=np.asarray(section["components"], np.float64),
+            variances=np.asarray(section["variances"], np.float64),
+            residual_variance=float(section["residual_variance"]),
+        )
+
+    def image_refusal(self, image: Image.Image, gray: np.ndarray) -> NotAChestXray | None:
+        """The cheap checks on the decoded ``image`` and its model input ``gray``."""
+        width, height = image.info.get("source_size", image.size)
+        if min(width, height) < self.min_side:
+            detail = f"{width}x{height} pixels is far smaller than a radiograph"
+            return NotAChestXray("too_small", detail)
+        if float(image.info.get("colour", 0.0)) > self.max_colour:
+            return NotAChestXray("colour", "it is a colour image")
+        if float(gray.std()) / 255.0 < self.min_contrast:
+            return NotAChestXray("uniform", "the image is nearly uniform")
+        return None
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """Per-dimension distance of each image's features (N x K x h x w, or N x K pooled)."""
+        pooled = features.mean(axis=(2, 3)) if features.ndim == 4 else features
+        centred = np.asarray(pooled, np.float64) - self.mean
+        projected = centred @ self.components.T
+        residual = centred - projected @ self.components
+        inside = (projected**2 / self.variances).sum(axis=1)
+        return (inside + (residual**2).sum(axis=1) / self.residual_variance) / len(self.mean)
+
+    def feature_refusal(self, features: np.ndarray) -> NotAChestXray | None:
+        if float(self.distance(features)[0]) > self.threshold:
+            return NotAChestXray("unlike_training", "it is unlike the radiographs the model knows")
+        return None
+
+
 @dataclass
 class Prediction:
     label: str
@@ -416,6 +494,8 @@ class Bundle:
         self.scale = float(manifest["calibration"]["scale"])
         self.bias = float(manifest["calibration"]["bias"])
         self.class_weight = np.asarray(manifest["cam"]["head_weight"], np.float32)[self.positive]
+        # Bundles exported before the guard existed have none: they answer every image.
+        self.guard = Guard.from_manifest(manifest["guard"]) if "guard" in manifest else None
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -448,8 +528,16 @@ class Bundle:
         return calibrated_probability(logits, self.scale, self.bias, self.positive)
 
     def predict(self, image: Image.Image) -> Prediction:
-        """Label, calibrated probability and heat-map inputs for one grayscale image."""
-        logits, features = self.run(resize(image, self.size)[None])
+        """Label, calibrated probability and heat-map inputs for one grayscale image;
+        ``NotAChestXray`` where the bundle's guard refuses it."""
+        gray = resize(image, self.size)
+        refusal = self.guard and self.guard.image_refusal(image, gray)
+        if refusal:
+            raise refusal
+        logits, features = self.run(gray[None])
+        refusal = self.guard and self.guard.feature_refusal(features)
+        if refusal:
+            raise refusal
         probability = float(calibrated_probability(logits, self.scale, self.bias, self.positive)[0])
         positive = probability >= self.threshold
         return Prediction(

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pneumonia.data import list_images, patient_id
-from pneumonia.serving import InvalidImage, image_format, read_image, resize
+from pneumonia.serving import InvalidImage, read_image, resize
 from tests.conftest import DATASET, SAMPLES, require_data
 
 
@@ -40,8 +40,8 @@ def test_patient_id(name, expected):
 
 
 def test_decodes_a_real_xray_to_grayscale(real_jpeg):
-    image, fmt = read_image(real_jpeg), image_format(real_jpeg)
-    assert fmt == "JPEG" and image.mode == "L" and image.size == (224, 224)
+    image = read_image(real_jpeg)
+    assert image.info["format"] == "JPEG" and image.mode == "L" and image.size == (224, 224)
 
 
 def test_truncated_jpeg_is_rejected(real_jpeg):
@@ -120,3 +120,12 @@ def test_list_images_reads_the_official_layout(small_dataset):
     assert len(records) == 2 * (20 + 4 + 6)
     assert {r.split for r in records} == {"train", "val", "test"}
     assert all(r.path.parent.name == r.label for r in records)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "DICOM"])
+def test_the_decoded_image_says_what_the_file_was(fmt, real_jpeg):
+    from tests.hostile_files import dicom, encode
+
+    image = read_image(real_jpeg)
+    data = encode(image, "PNG") if fmt == "PNG" else dicom(64, 64)
+    assert read_image(data).info["format"] == fmt

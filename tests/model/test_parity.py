@@ -21,19 +21,13 @@ from pneumonia.serving import (
     resize,
     sha256_file,
 )
-from tests.bundles import EXPORT_PARAMS, UNCALIBRATED, calibrated_model, make_bundle
+from tests.bundles import BUNDLE_METRICS, EXPORT_PARAMS, calibrated_model, make_bundle
 from tests.bundles import real_images as _real_images
 from tests.conftest import SAMPLES, require_data
 
 SIZE = 64
 PARAMS = EXPORT_PARAMS
-METRICS = {
-    "threshold": 0.42,
-    "accuracy": 0.9,
-    "sensitivity": 0.95,
-    "specificity": 0.8,
-    **UNCALIBRATED,
-}
+METRICS = BUNDLE_METRICS
 
 
 @pytest.fixture(scope="module")

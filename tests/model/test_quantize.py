@@ -16,21 +16,15 @@ from pneumonia.prepared import PreparedSplit
 from pneumonia.quantize import QuantizeError, calibration_sample, main, quantize_bundle
 from pneumonia.serving import Bundle
 from tests.bundles import (
+    BUNDLE_METRICS,
     EXPORT_PARAMS,
-    UNCALIBRATED,
     calibrated_model,
     make_bundle,
     real_images,
 )
 
 SIZE = 64
-METRICS = {
-    "threshold": 0.42,
-    "accuracy": 0.9,
-    "sensitivity": 0.95,
-    "specificity": 0.8,
-    **UNCALIBRATED,
-}
+METRICS = BUNDLE_METRICS
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,10 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
     try:
         result, prediction = predict_upload(request, "api")
     except UploadError as exc:
-        return api_error(exc.status, exc.code, exc.message)
+        if exc.refusal is None:
+            return api_error(exc.status, exc.code, exc.message)
+        refusal = {"id": exc.refusal.pk, "reason": exc.refusal.reason}
+        return api_error(exc.status, exc.code, exc.message, refusal=refusal)
     token = secrets.token_urlsafe(18)
     hold(f"heatmap:{token}", (request.user.pk, result.heatmap_jpeg))
     return JsonResponse(

@@ -18,8 +18,8 @@ from diagnosis.feedback import (
     visible_predictions,
 )
 from diagnosis.inference import Result, get_model, read_upload
-from diagnosis.models import LABEL_CHOICES, Prediction
-from pneumonia.serving import BundleError, InvalidImage
+from diagnosis.models import LABEL_CHOICES, Prediction, Refusal
+from pneumonia.serving import BundleError, InvalidImage, NotAChestXray
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,10 @@ CASE_REFERENCE_MAX = 40
 
 
 class UploadError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, refusal: Refusal | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.refusal = refusal  # recorded in the history: an image the model gave no answer to
 
 
 def predict_upload(request: HttpRequest, source: str) -> tuple[Result, Prediction]:
@@ -70,7 +71,21 @@ def predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predictio
         raise UploadError(
             503, "model_unavailable", "The model is not available right now."
         ) from None
-    result = model.predict_image(gray)
+    try:
+        result = model.predict_image(gray)
+    except NotAChestXray as exc:
+        refusal = Refusal.objects.create(
+            user=request.user,
+            source=source,
+            model_version=model.version,
+            reason=exc.reason,
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            case_reference=case_reference,
+            image_width=gray.info["source_size"][0],
+            image_height=gray.info["source_size"][1],
+        )
+        logger.info("refused: %s model=%s", exc.reason, model.version)
+        raise UploadError(422, "not_a_chest_xray", str(exc), refusal) from None
     prediction = Prediction.objects.create(
         user=request.user,
         source=source,

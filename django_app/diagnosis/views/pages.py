@@ -19,6 +19,7 @@ from diagnosis.feedback import (
     FeedbackRefused,
     find_prediction,
     give_feedback,
+    visible_refusals,
 )
 from diagnosis.inference import get_model
 from diagnosis.models import LABEL_CHOICES, ApiToken
@@ -32,6 +33,8 @@ from diagnosis.views.common import (
 from pneumonia.serving import BundleError
 
 logger = logging.getLogger(__name__)
+
+REFUSALS_SHOWN = 20  # the history page lists the latest refused uploads
 
 
 @require_http_methods(["GET", "POST"])
@@ -78,6 +81,7 @@ def history(request: HttpRequest) -> HttpResponse:
             "error": error,
             "query": query.urlencode(),
             "labels": [value for value, _ in LABEL_CHOICES],
+            "refusals": visible_refusals(request.user)[:REFUSALS_SHOWN],
         },
         status=400 if error else 200,
     )
