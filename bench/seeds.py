@@ -6,15 +6,18 @@ autocast) and per way of choosing the weights, all from the same runs.
 
 Trains the ``train`` section of params.yaml from random init (``train.weights=none``) on the
 prepared splits (``data/prepared/``, or ``--data`` prepared here with the ``prepare`` params)
-and scores both choices of weights (``train.select``) of every run on the test split, each at
-the threshold the evaluate stage would choose on validation (the decisions do not depend on the
-calibration):
+and scores each run's weights on the test split as the evaluate stage does (calibration and
+threshold fitted on validation, test expected calibration error after calibration):
 
   best_val_loss  the epoch with the lowest validation loss
-  last           the last epoch, the end of the schedule
+  last           the last epoch, the end of the schedule (the default, ``train.select``)
+  last_flip      the last epoch, each image's logits averaged with its mirror image's
+                 (test-time flip averaging)
 
-Writes every run to ``--out`` (JSON) and prints Markdown tables: mean, standard deviation and
-range over the seeds. On a GPU, ``fp32`` turns TF32 off so that it means fp32 arithmetic.
+and, per precision, the deep ensembles of all its seeds (averaged logits, with and without
+flip averaging). Writes every run to ``--out`` (JSON) and prints Markdown tables: mean,
+standard deviation and range over the seeds. On a GPU, ``fp32`` turns TF32 off so that it
+means fp32 arithmetic.
 """
 
 from __future__ import annotations
@@ -35,19 +38,19 @@ import torch
 import yaml
 
 from pneumonia.config import PREPARED_DIR, RAW_DIR
-from pneumonia.evaluate import evaluate
+from pneumonia.evaluate import calibrate, calibrated_probability, evaluate
+from pneumonia.evaluate import expected_calibration_error as ece_of
 from pneumonia.model import build_model, predict_logits
 from pneumonia.params import Params, as_dict
 from pneumonia.params import parse as parse_params
 from pneumonia.prepare import prepare
 from pneumonia.prepared import PreparedSplit, load_split, write_split
-from pneumonia.serving import positive_probability
 from pneumonia.train import Processes, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHOICES = ("best_val_loss", "last")
-REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc")
+CHOICES = ("best_val_loss", "last", "last_flip")
+REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")
 QUICK = {"epochs": 2, "batch_size": 16}
 
 
@@ -62,14 +65,23 @@ def subset(split: PreparedSplit, per_class: int) -> PreparedSplit:
     )
 
 
-def score(model, splits, params, device: str) -> dict[str, float]:
-    """Test metrics at the threshold chosen on validation, as the evaluate stage does."""
-    val_p, test_p = (
-        positive_probability(predict_logits(model.to(device), splits[s].images, 64, device))
-        for s in ("val", "test")
-    )
-    _, test = evaluate(val_p, splits["val"].labels, test_p, splits["test"].labels, params)
-    return {k: test[k] for k in REPORTED}
+def logits_of(model, split: PreparedSplit, device: str, flip: bool = False) -> np.ndarray:
+    """The model's logits for a split; ``flip``: averaged with those of the mirrored images
+    (test-time augmentation)."""
+    logits = predict_logits(model.to(device), split.images, 64, device)
+    if flip:
+        mirrored = np.ascontiguousarray(split.images[:, :, ::-1])
+        logits = (logits + predict_logits(model, mirrored, 64, device)) / 2
+    return logits
+
+
+def score(val_logits, test_logits, labels: dict, params) -> dict[str, float]:
+    """Test metrics as the evaluate stage computes them: calibration and threshold fitted on
+    validation, then the test split's metrics and its expected calibration error."""
+    scale, bias = calibrate(val_logits, labels["val"], params.calibration)
+    val_p, test_p = (calibrated_probability(x, scale, bias) for x in (val_logits, test_logits))
+    _, test = evaluate(val_p, labels["val"], test_p, labels["test"], params)
+    return {**{k: test[k] for k in REPORTED if k != "ece"}, "ece": ece_of(labels["test"], test_p)}
 
 
 def one_run(job: dict) -> dict:
@@ -96,9 +108,19 @@ def one_run(job: dict) -> dict:
     seconds = time.perf_counter() - started
     # Steady state: the median epoch after the first (start-up, loader workers, kernel tuning).
     epoch_seconds = statistics.median(r["epoch_seconds"] for r in history[1:] or history)
-    scores = {"last": score(last, splits, job["evaluate"], device)}
+    labels = {s: splits[s].labels for s in ("val", "test")}
+    logits = {
+        f"{s}{'_flip' if flip else ''}": logits_of(last, splits[s], device, flip)
+        for s in ("val", "test")
+        for flip in (False, True)
+    }
+    scores = {
+        "last": score(logits["val"], logits["test"], labels, job["evaluate"]),
+        "last_flip": score(logits["val_flip"], logits["test_flip"], labels, job["evaluate"]),
+    }
     last.load_state_dict(best["state"])
-    scores["best_val_loss"] = score(last, splits, job["evaluate"], device)
+    best_logits = [logits_of(last, splits[s], device) for s in ("val", "test")]
+    scores["best_val_loss"] = score(*best_logits, labels, job["evaluate"])
     return {
         "seed": job["seed"],
         "precision": job["precision"],
@@ -106,6 +128,7 @@ def one_run(job: dict) -> dict:
         "train_seconds": round(seconds, 1),
         "images_per_second": round(len(splits["train"].labels) / epoch_seconds, 1),
         "test": scores,
+        "logits": {k: v.round(5).tolist() for k, v in logits.items()},  # for the ensembles
     }
 
 
@@ -184,20 +207,54 @@ def main(argv: list[str] | None = None) -> int:
         # In this process when one at a time: a pool's workers may not start loader workers.
         pool = multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else None
         for run in pool.imap_unordered(one_run, jobs) if pool else map(one_run, jobs):
-            print(json.dumps(run), flush=True)  # what is done, should the rest not finish
+            shown = {k: v for k, v in run.items() if k != "logits"}
+            print(json.dumps(shown), flush=True)  # what is done, should the rest not finish
             runs.append(run)
         if pool:
             pool.close()
             pool.join()
+        labels = {s: np.array(load_split(s, folder).labels) for s in ("val", "test")}
     runs.sort(key=lambda r: (args.precisions.index(r["precision"]), r["seed"]))
+    ensembles = [
+        {
+            "precision": precision,
+            "flip": flip,
+            "seeds": len(mine),
+            "test": score(
+                *(
+                    np.mean([r["logits"][f"{s}{suffix}"] for r in mine], axis=0)
+                    for s in ("val", "test")
+                ),
+                labels,
+                params.evaluate,
+            ),
+        }
+        for precision in args.precisions
+        if (mine := [r for r in runs if r["precision"] == precision])
+        for flip, suffix in ((False, ""), (True, "_flip"))
+    ]
     args.out.write_text(
-        json.dumps({"train": as_dict(train_params), "device": args.device, "runs": runs}, indent=2)
+        json.dumps(
+            {
+                "train": as_dict(train_params),
+                "device": args.device,
+                "runs": runs,
+                "ensembles": ensembles,
+            },
+            indent=2,
+        )
         + "\n"
     )
     print(f"device: {args.device}; train params: {json.dumps(as_dict(train_params))}\n")
     for metric in REPORTED:
         print("\n".join(table(runs, metric)))
-    print("Test accuracy of each run:\n")
+    print("Deep ensembles of the seeds (averaged logits), test split:\n")
+    print("| precision | seeds | flip averaging | " + " | ".join(REPORTED) + " |")
+    print("|---|---:|---|" + "---:|" * len(REPORTED))
+    for e in ensembles:
+        cells = " | ".join(f"{e['test'][m]:.3f}" for m in REPORTED)
+        print(f"| {e['precision']} | {e['seeds']} | {'yes' if e['flip'] else 'no'} | {cells} |")
+    print("\nTest accuracy of each run:\n")
     print("| precision | seed | best epoch | train s | images/s | " + " | ".join(CHOICES) + " |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(CHOICES))
     for r in runs:

@@ -13,19 +13,16 @@ from django.utils import timezone
 LABEL_CHOICES = [("NORMAL", "NORMAL"), ("PNEUMONIA", "PNEUMONIA")]
 
 
-class Prediction(models.Model):
-    """One prediction: who asked, when, which model said what about which image (by hash)."""
+class Upload(models.Model):
+    """What is kept of every upload: who sent it, when, through which door, to which model,
+    and the file by its hash and size only (never the image)."""
 
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="predictions"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="%(class)ss"
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     source = models.CharField(max_length=8, choices=[("web", "web"), ("api", "api")])
     model_version = models.CharField(max_length=64)
-    model_sha256 = models.CharField(max_length=64)
-    label = models.CharField(max_length=16, choices=LABEL_CHOICES)
-    probability = models.FloatField(help_text="of PNEUMONIA, as the model reported it")
-    threshold = models.FloatField()
     image_sha256 = models.CharField(
         max_length=64, db_index=True, help_text="sha256 of the uploaded file's bytes"
     )
@@ -37,6 +34,18 @@ class Prediction(models.Model):
     )
     image_width = models.PositiveIntegerField()
     image_height = models.PositiveIntegerField()
+
+    class Meta:
+        abstract = True
+
+
+class Prediction(Upload):
+    """One prediction: which model said what about the upload."""
+
+    model_sha256 = models.CharField(max_length=64)
+    label = models.CharField(max_length=16, choices=LABEL_CHOICES)
+    probability = models.FloatField(help_text="of PNEUMONIA, as the model reported it")
+    threshold = models.FloatField()
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -54,22 +63,12 @@ REFUSAL_CHOICES = [
 ]
 
 
-class Refusal(models.Model):
+class Refusal(Upload):
     """An upload the model gave no answer to because it is not a chest X-ray like those it
     learned from (``serving.NotAChestXray``): recorded so that the history shows the attempt,
     with no label and no probability."""
 
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="refusals"
-    )
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    source = models.CharField(max_length=8, choices=[("web", "web"), ("api", "api")])
-    model_version = models.CharField(max_length=64)
     reason = models.CharField(max_length=16, choices=REFUSAL_CHOICES)
-    image_sha256 = models.CharField(max_length=64, help_text="sha256 of the uploaded file's bytes")
-    case_reference = models.CharField(max_length=40, blank=True)
-    image_width = models.PositiveIntegerField()
-    image_height = models.PositiveIntegerField()
 
     class Meta:
         ordering = ["-created_at", "-id"]

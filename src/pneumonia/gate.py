@@ -318,17 +318,36 @@ def run_gate(base: str, root: Path | None = None) -> Verdict:
     return Verdict(passed, baseline, reasons, challenger, champion, comparison, rules)
 
 
-def main(argv: list[str] | None = None) -> int:
+def against_base(
+    name: str, doc: str, default: str, what: str, argv: list[str] | None, json_out: bool = False
+):
+    """The arguments of a command that compares with a ``--base`` revision (``what`` it is;
+    ``json_out``: and takes ``--json``), and a function that runs ``decide(base)``: its result, or
+    None after printing ``<name>: error:`` for a served record or a params.yaml that cannot be
+    trusted (the command then exits 2)."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--base", default="origin/main", help="the champion's git revision")
-    parser.add_argument("--json", type=Path, help="also write the verdict here")
+    parser.add_argument("--base", default=default, help=what)
+    if json_out:
+        parser.add_argument("--json", type=Path, help="also write the verdict here")
     args = parser.parse_args(argv)
-    try:
-        verdict = run_gate(args.base)
-    except (MetricsError, ParamsError) as exc:
-        print(f"gate: error: {exc}", file=sys.stderr)
+
+    def run(decide):
+        try:
+            return decide(args.base)
+        except (MetricsError, ParamsError) as exc:
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            return None
+
+    return args, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    what = "the champion's git revision"
+    args, run = against_base("gate", __doc__, "origin/main", what, argv, json_out=True)
+    verdict = run(run_gate)
+    if verdict is None:
         return 2
     if args.json:
         args.json.write_text(json.dumps(verdict.as_dict(), indent=2) + "\n")

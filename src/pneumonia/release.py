@@ -18,16 +18,14 @@ and the summary to ``$GITHUB_STEP_SUMMARY`` when set. Exit status 0 when decided
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from pneumonia import config
-from pneumonia.gate import MetricsError, run_gate
+from pneumonia.gate import against_base, run_gate
 from pneumonia.package import SLUG_SOURCES
-from pneumonia.params import ParamsError
 from pneumonia.retrain import append_github_file
 
 
@@ -72,15 +70,10 @@ def plan_deploy(base: str, root: Path | None = None) -> Plan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--base", default="HEAD^1", help="the revision served before this push")
-    args = parser.parse_args(argv)
-    try:
-        plan = plan_deploy(args.base)
-    except (MetricsError, ParamsError) as exc:
-        print(f"release: error: {exc}", file=sys.stderr)
+    what = "the revision served before this push"
+    _, run = against_base("release", __doc__, "HEAD^1", what, argv)
+    plan = run(plan_deploy)
+    if plan is None:
         return 2
     print(f"release: {plan.summary}")
     append_github_file(

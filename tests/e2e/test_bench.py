@@ -38,7 +38,7 @@ def test_training_step_benchmark_runs():
         assert f"{row}" in result.stdout, row
 
 
-def test_seed_study_runs_and_scores_both_choices_of_weights(tmp_path):
+def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     data = copy_subset(tmp_path / "chest_xray", {"train": 12, "val": 4, "test": 4})
     out = tmp_path / "seeds.json"
     command = [
@@ -59,18 +59,33 @@ def test_seed_study_runs_and_scores_both_choices_of_weights(tmp_path):
         str(out),
     ]
     result = run(command, REPO, tool_env())
-    assert "| precision | seeds | best_val_loss | last |" in result.stdout
-    runs = json.loads(out.read_text())["runs"]
+    assert "| precision | seeds | best_val_loss | last | last_flip |" in result.stdout
+    study = json.loads(out.read_text())
+    runs = study["runs"]
     assert sorted((r["precision"], r["seed"]) for r in runs) == [
         ("bf16", 1),
         ("bf16", 2),
         ("fp32", 1),
         ("fp32", 2),
     ]
+    reported = {"accuracy", "sensitivity", "specificity", "roc_auc", "ece"}
     for r in runs:
-        for choice in ("best_val_loss", "last"):
+        for choice in ("best_val_loss", "last", "last_flip"):
             assert 0.0 <= r["test"][choice]["accuracy"] <= 1.0
-            assert set(r["test"][choice]) == {"accuracy", "sensitivity", "specificity", "roc_auc"}
+            assert set(r["test"][choice]) == reported
+        assert len(r["logits"]["test_flip"]) == 8  # 4 test images per class
+    ensembles = study["ensembles"]
+    assert [(e["precision"], e["flip"], e["seeds"]) for e in ensembles] == [
+        ("fp32", False, 2),
+        ("fp32", True, 2),
+        ("bf16", False, 2),
+        ("bf16", True, 2),
+    ]
+    # an ensemble of one seed is that seed's model
+    single = [*command[:5], "--seeds", "1", "--precisions", "fp32", "--out", str(out)]
+    run(single, REPO, tool_env())
+    one = json.loads(out.read_text())
+    assert one["ensembles"][0]["test"] == pytest.approx(one["runs"][0]["test"]["last"], abs=1e-4)
 
 
 def write_prepared(folder, size: int) -> None:
@@ -119,3 +134,49 @@ def test_inference_and_web_benchmarks_run(tmp_path):
     )
     assert "refused: The image has 30000x30000 pixels" in memory.stdout
     assert "inflates to more than" in memory.stdout and "(bound 300 MB)" in memory.stdout
+
+
+def test_guard_benchmark_measures_both_rates(tmp_path):
+    bundle = make_bundle(calibrated_model(64), 64, tmp_path / "bundle", METRICS, guard=True)
+    out = tmp_path / "guard.json"
+    command = [sys.executable, "-m", "bench.guard", "--quick", "--bundle", str(bundle)]
+    result = run([*command, "--out", str(out)], REPO, tool_env())
+    assert "**Real chest X-rays**" in result.stdout and "**Not chest X-rays**" in result.stdout
+    decisions = json.loads(out.read_text())
+    flat = dict(decisions["catalogue"]["synthetic: flat"])
+    assert set(flat.values()) == {"uniform"}  # what the cheap check must catch, whatever model
+    shipped = dict(decisions["catalogue"]["package images, as shipped"])
+    assert shipped["skimage astronaut"] == "colour"
+    assert {r for _, r in decisions["catalogue"]["real X-rays shrunk to 32 x 32"]} == {"too_small"}
+    assert len(decisions["xrays"]["full-size originals (samples/)"]) == 6
+
+
+def test_scaling_benchmark_measures_every_stage(tmp_path):
+    out = tmp_path / "scaling.json"
+    command = [sys.executable, "-m", "bench.scaling", "--quick", "--scales", "1", "2"]
+    result = run([*command, "--out", str(out)], REPO, tool_env(), timeout=900)
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["scale"] for r in runs] == [1, 2] and runs[1]["images"] == 2 * runs[0]["images"]
+    for stage in ("prepare", "train", "evaluate", "export"):
+        assert runs[0][stage]["seconds"] > 0 and runs[0][stage]["anon_mib"] > 0, stage
+    assert "| 2x |" in result.stdout
+
+
+def test_site_calibration_benchmark_compares_both_fits(tmp_path):
+    model_path = tmp_path / "model.pt"
+    save_checkpoint(calibrated_model(64), model_path, 64, "none")
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    for split in ("val", "test"):
+        images = real_images(split, 8, 64)
+        names = [f"{split}-patient{i}.jpeg" for i in range(len(images))]
+        labels = np.array([0] * 8 + [1] * 8)
+        write_split(PreparedSplit(images, labels, names, names), folder, split)
+    out = tmp_path / "site.json"
+    command = [sys.executable, "-m", "bench.site_calibration", "--model", str(model_path)]
+    command += ["--prepared", str(folder), "--splits", "6", "--out", str(out)]
+    result = run(command, REPO, tool_env())
+    assert "| validation |" in result.stdout and "| site |" in result.stdout
+    results = json.loads(out.read_text())
+    assert len(results["site"]) == len(results["validation"]) > 0
+    assert set(results["site"][0]) == {"ece", "sensitivity", "specificity", "accuracy"}

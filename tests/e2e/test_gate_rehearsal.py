@@ -143,6 +143,24 @@ def test_unchanged_model_passes_and_deploys_nothing_for_docs(repo, tmp_path):
     assert "nothing to deploy" in summary
 
 
+def test_a_refitted_guard_alone_passes_and_deploys_the_model(repo, tmp_path):
+    """The guard decides which images get an answer, so it is part of the served identity; a
+    change of the guard alone leaves every answer as it was, and ships."""
+    branch(repo, "guard-refit")
+    record = json.loads((repo / "metrics/served.json").read_text())
+    assert record["model"]["guard"]["sha256"] and record["guard_refused"]["validation"] >= 0
+    record["model"]["guard"] = {"threshold": 9.9, "sha256": "f" * 64}
+    record["guard_refused"] = {"validation": 0.002, "test": 0.0}
+    (repo / "metrics/served.json").write_text(json.dumps(record))
+    commit(repo, "guard refitted")
+    result, verdict = gate(repo)
+    assert result.returncode == 0 and verdict["passed"] is True, result.stdout
+    assert verdict["baseline"] == "guard changed, answers unchanged"
+    assert verdict["model_changed"] is True and "0.2% of the validation images" in result.stdout
+    code, outputs, _ = plan(repo, tmp_path)
+    assert code == 0 and outputs["deploy"] == "true" and outputs["what"] == "model"
+
+
 def test_app_change_deploys_the_app_with_the_current_model(repo, tmp_path):
     branch(repo, "app-fix")
     (repo / "django_app").mkdir(exist_ok=True)

@@ -17,17 +17,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(scope="session")
-def guarded_dir(torch_model, tmp_path_factory):
+def bundle_dir(torch_model, tmp_path_factory):
+    """Here the served test bundle has its guard (conftest's served_model serves it)."""
     out = tmp_path_factory.mktemp("guarded") / "bundle"
     return make_bundle(torch_model, SIZE, out, METRICS, guard=True)
-
-
-@pytest.fixture(autouse=True)
-def guarded_model(settings, guarded_dir):
-    settings.MODEL_DIR = guarded_dir
-    inference.reset()
-    yield
-    inference.reset()
 
 
 def photo() -> bytes:

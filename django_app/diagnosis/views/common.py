@@ -71,33 +71,28 @@ def predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predictio
         raise UploadError(
             503, "model_unavailable", "The model is not available right now."
         ) from None
+    width, height = gray.info["source_size"]
+    upload_fields = {
+        "user": request.user,
+        "source": source,
+        "model_version": model.version,
+        "image_sha256": hashlib.sha256(data).hexdigest(),
+        "case_reference": case_reference,
+        "image_width": width,
+        "image_height": height,
+    }
     try:
         result = model.predict_image(gray)
     except NotAChestXray as exc:
-        refusal = Refusal.objects.create(
-            user=request.user,
-            source=source,
-            model_version=model.version,
-            reason=exc.reason,
-            image_sha256=hashlib.sha256(data).hexdigest(),
-            case_reference=case_reference,
-            image_width=gray.info["source_size"][0],
-            image_height=gray.info["source_size"][1],
-        )
+        refusal = Refusal.objects.create(reason=exc.reason, **upload_fields)
         logger.info("refused: %s model=%s", exc.reason, model.version)
         raise UploadError(422, "not_a_chest_xray", str(exc), refusal) from None
     prediction = Prediction.objects.create(
-        user=request.user,
-        source=source,
-        model_version=model.version,
         model_sha256=model.sha256,
         label=result.label,
         probability=result.probability,
         threshold=result.threshold,
-        image_sha256=hashlib.sha256(data).hexdigest(),
-        case_reference=case_reference,
-        image_width=gray.info["source_size"][0],
-        image_height=gray.info["source_size"][1],
+        **upload_fields,
     )
     hold_image(prediction, result.original_png)  # metadata-free, for consent within the hour
     # Log the outcome only: no file name, no image, nothing that could identify a patient.
