@@ -55,6 +55,9 @@ SAMPLES_DIR = SHARED_DATA_DIR / "samples"
 LABELS: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
 POSITIVE_LABEL = "PNEUMONIA"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Optional: a hospital's own labelled cases (its feedback export), used only to calibrate the
+# served probabilities (evaluate.calibrate_on: site); never trained or tested on.
+SITE_SPLIT = "site"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 # Input normalisation of torchvision's ImageNet-pretrained models; used for every init so that a

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pneumonia.config import IMAGE_SUFFIXES, LABELS, SPLITS
+from pneumonia.config import IMAGE_SUFFIXES, LABELS, SITE_SPLIT, SPLITS
 from pneumonia.serving import read_image
 
 
@@ -62,9 +62,10 @@ def load_image(path: Path) -> Image.Image:
 
 
 def list_images(root: Path) -> list[ImageRecord]:
-    """Every image under ``root/{split}/{label}/``, sorted by path; other folders are ignored."""
+    """Every image under ``root/{split}/{label}/`` (the optional ``site`` folder too), sorted by
+    path; other folders are ignored."""
     records = []
-    for split in SPLITS:
+    for split in (*SPLITS, SITE_SPLIT):
         for label in LABELS:
             folder = Path(root) / split / label
             if not folder.is_dir():

@@ -292,6 +292,30 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, method: str) -> tu
     raise ValueError(f"evaluate.calibration: one of {CALIBRATIONS}, not {method!r}")
 
 
+class EmptySiteError(RuntimeError):
+    """``evaluate.calibrate_on: site`` without a site split to calibrate on."""
+
+
+def calibration_cases(
+    params: EvaluateParams, model, val: PreparedSplit, val_logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The logits and labels the calibration is fitted on, and what they are: the validation
+    split, or with ``calibrate_on: site`` the site's own labelled cases. The threshold is chosen
+    on validation either way, so the decisions stay validation's (a recalibration is monotonic);
+    docs/model-quality.md has why."""
+    if params.calibrate_on == "validation":
+        return val_logits, val.labels, f"validation ({len(val.labels)} images)"
+    prepared = config.PREPARED_DIR / f"{config.SITE_SPLIT}.npz"
+    if not prepared.is_file():
+        raise EmptySiteError(
+            "evaluate.calibrate_on is 'site' but there are no site cases: add the hospital's "
+            "labelled images with `python -m pneumonia.ingest EXPORT_FOLDER --split site` "
+            "(both classes), or set evaluate.calibrate_on: validation"
+        )
+    site = load_split(config.SITE_SPLIT)
+    return predict_logits(model, site.images), site.labels, f"site ({len(site.labels)} images)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(description=__doc__).parse_args(argv)
     try:
@@ -303,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     val, test = load_split("val"), load_split("test")
     val_logits, test_logits = predict_logits(model, val.images), predict_logits(model, test.images)
     method = params.calibration
-    scale, bias = calibrate(val_logits, val.labels, method)
+    try:
+        fit_logits, fit_labels, fitted_on = calibration_cases(params, model, val, val_logits)
+    except EmptySiteError as exc:
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 1
+    scale, bias = calibrate(fit_logits, fit_labels, method)
     val_prob = calibrated_probability(val_logits, scale, bias)
     test_prob = calibrated_probability(test_logits, scale, bias)
     val_metrics, test_metrics = evaluate(val_prob, val.labels, test_prob, test.labels, params)
@@ -314,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     for metrics, split, logits, prob in outcomes:
         metrics["calibration"] = method
         metrics["calibration_scale"], metrics["calibration_bias"] = scale, bias
+        metrics["calibration_fitted_on"] = fitted_on
         metrics["ece"] = expected_calibration_error(split.labels, prob)
         metrics["ece_uncalibrated"] = expected_calibration_error(
             split.labels, positive_probability(logits)

@@ -134,7 +134,7 @@ def build_manifest(
             "method": str(val_metrics["calibration"]),
             "scale": float(val_metrics["calibration_scale"]),
             "bias": float(val_metrics["calibration_bias"]),
-            "fitted_on": "validation",
+            "fitted_on": val_metrics.get("calibration_fitted_on", "validation"),
             "ece_validation": val_metrics.get("ece"),
         },
         "threshold": test_metrics["threshold"],

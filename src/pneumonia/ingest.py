@@ -6,8 +6,9 @@ Each file is decoded and validated; exact duplicates (same bytes, or same name a
 images already in the dataset or earlier in the batch are skipped; a patient already in the
 dataset gets the new image in the same split, new patients go to ``--split`` (train). Patients
 are matched only within the namespace ingested into (train+val by default; test with
-``--split test``): the public release numbers ``personNNN`` separately in train and test, so the
-same id there names another child. An id also found in the other namespace is reported, never
+``--split test``; a hospital's calibration cases with ``--split site``): the public release
+numbers ``personNNN`` separately in train and test, so the same id there names another child.
+An id also found in the other namespace is reported, never
 followed: the test split only grows when asked. Files are
 written atomically (never half-copied), then ``dvc add data/chest_xray`` records the new data
 version in ``chest_xray.dvc``. Bad files are listed with the reason; the exit status is 1 when any
@@ -32,9 +33,11 @@ from pneumonia.data import content_hash, list_images, patient_id
 from pneumonia.serving import InvalidImage, read_image
 from pneumonia.tools import tool
 
-NEW_PATIENT_SPLITS = ("train", "test")  # val is carved out of train by the prepare stage
+# val is carved out of train by the prepare stage; site holds a hospital's own labelled cases,
+# for calibration only (docs/pipeline.md, "Calibrating on a site's cases")
+NEW_PATIENT_SPLITS = ("train", "test", config.SITE_SPLIT)
 # Patient ids link images only within one namespace (see the module docstring).
-NAMESPACES = {"train": ("train", "val"), "test": ("test",)}
+NAMESPACES = {"train": ("train", "val"), "test": ("test",), config.SITE_SPLIT: (config.SITE_SPLIT,)}
 
 
 @dataclass
@@ -56,7 +59,7 @@ class IngestPlan:
         counter = Counter((p.target.parts[0], p.target.parts[1]) for p in self.add)
         return {
             split: {label: counter[(split, label)] for label in config.LABELS}
-            for split in config.SPLITS
+            for split in (*config.SPLITS, config.SITE_SPLIT)
         }
 
 

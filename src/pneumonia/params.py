@@ -87,6 +87,7 @@ class TrainParams:
 class EvaluateParams:
     threshold_method: Literal["min_sensitivity", "youden"]
     calibration: Literal["platt", "temperature", "none"]
+    calibrate_on: Literal["validation", "site"]
     min_sensitivity: float
 
     def check(self) -> None:

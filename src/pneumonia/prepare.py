@@ -104,7 +104,7 @@ def assign_splits(
         # The official release numbers patients per split: test's person100 is not train's
         # person100 (in all 71 such pairs the infection type differs), so patient ids link
         # images only within test or within train+val. Identical bytes link across everything.
-        scope = "test" if record.split == "test" else "train"
+        scope = record.split if record.split in ("test", config.SITE_SPLIT) else "train"
         for key in (("patient", scope, record.patient), ("hash", digest)):
             if key in first_by_key:
                 groups.union(i, first_by_key[key])
@@ -127,6 +127,14 @@ def assign_splits(
             key = min(records[i].patient for i in indices)
             target_for_train = "val" if in_validation(key, val_fraction, seed) else "train"
         for i in indices:
+            if records[i].split == config.SITE_SPLIT:
+                # Calibration cases must be new to the model: none identical to its own images.
+                if official == {config.SITE_SPLIT}:
+                    split_of[i] = config.SITE_SPLIT
+                else:
+                    reason = "identical to an image of the train, val or test split"
+                    dropped.append({"file": _rel(records[i]), "reason": reason})
+                continue
             split_of[i] = "test" if records[i].split == "test" else target_for_train
             if split_of[i] is None:
                 dropped.append(
@@ -179,7 +187,8 @@ def prepare(
         raise
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
-    return {split: load_split(split, out_dir) for split in config.SPLITS}, report
+    written = [*config.SPLITS, *([config.SITE_SPLIT] if config.SITE_SPLIT in report.counts else [])]
+    return {split: load_split(split, out_dir) for split in written}, report
 
 
 def _prepare_into(
@@ -207,7 +216,8 @@ def _prepare_into(
 
     split_of, report.duplicates_dropped = assign_splits(good, hashes, val_fraction, seed)
 
-    for split in config.SPLITS:
+    site = [config.SITE_SPLIT] if config.SITE_SPLIT in split_of else []
+    for split in (*config.SPLITS, *site):
         idx = np.array([i for i, s in enumerate(split_of) if s == split], dtype=np.int64)
         counts = Counter(good[i].label for i in idx)
         report.counts[split] = {label: counts.get(label, 0) for label in config.LABELS}
@@ -216,7 +226,7 @@ def _prepare_into(
             raise EmptySplitError(
                 f"split '{split}' has no usable {' or '.join(missing)} image "
                 f"({len(report.rejected)} file(s) rejected in all: {_summary(report.rejected)}). "
-                f"Add valid images under data/chest_xray/{{train,val,test}}/<CLASS>/ "
+                f"Add valid images under data/chest_xray/{split}/<CLASS>/ "
                 "with `python -m pneumonia.ingest` and run again."
             )
         images = open_images(images_path(folder, split), len(idx), image_size)

@@ -123,13 +123,24 @@ def served_model(bundle_dir: Path) -> str | None:
     size = onnx_path.stat().st_size / 2**20
     quantized = manifest.get("quantization")
     if not quantized:
-        return f"Served model: float32 ONNX, {size:.1f} MiB, version `{manifest.get('version')}`."
-    return (
-        f"Served model: INT8 ONNX, {size:.1f} MiB, version `{manifest.get('version')}`: test "
-        f"accuracy {quantized['test_accuracy']:.4f} (trained model "
-        f"{quantized['test_accuracy_float']:.4f}), {quantized['test_decisions_changed']} of "
-        f"{quantized['test_images']} test decisions changed by quantisation."
-    )
+        line = f"Served model: float32 ONNX, {size:.1f} MiB, version `{manifest.get('version')}`."
+    else:
+        line = (
+            f"Served model: INT8 ONNX, {size:.1f} MiB, version `{manifest.get('version')}`: test "
+            f"accuracy {quantized['test_accuracy']:.4f} (trained model "
+            f"{quantized['test_accuracy_float']:.4f}), {quantized['test_decisions_changed']} of "
+            f"{quantized['test_images']} test decisions changed by quantisation."
+        )
+    fitted_on = (manifest.get("calibration") or {}).get("fitted_on")
+    if fitted_on:
+        line += f" Probabilities calibrated on {fitted_on}."
+    refused = (manifest.get("guard") or {}).get("refused")
+    if refused:
+        shares = ", ".join(f"{v:.1%} of {k}" for k, v in refused.items() if v is not None)
+        line += f" Its guard refuses {shares} X-rays as not chest X-rays."
+    else:
+        line += " No guard: it answers every image, whatever it shows."
+    return line
 
 
 def training(train_json: Path) -> str | None:

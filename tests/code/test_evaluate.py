@@ -181,3 +181,44 @@ def test_figures_are_drawn_by_scikit_learns_displays(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) >= 400
             assert len(np.unique(np.asarray(image.convert("L")))) > 10  # something was drawn
+
+
+def test_calibration_is_fitted_on_validation_or_on_the_sites_cases(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from pneumonia import config
+    from pneumonia.evaluate import (
+        EmptySiteError,
+        calibrate,
+        calibrated_probability,
+        calibration_cases,
+    )
+    from pneumonia.model import build_model, predict_logits
+    from pneumonia.params import load as load_params
+    from pneumonia.prepared import PreparedSplit, write_split
+    from tests.bundles import real_images
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "params.yaml").evaluate
+    monkeypatch.setattr(config, "PREPARED_DIR", tmp_path)
+    model = build_model("none").eval()
+    labels = np.array([0] * 4 + [1] * 4)
+    val = PreparedSplit(real_images("val", 4, 32), labels, [""] * 8, [""] * 8)
+    val_logits = predict_logits(model, val.images)
+    logits, fit_labels, fitted_on = calibration_cases(params, model, val, val_logits)
+    assert logits is val_logits and fitted_on == "validation (8 images)"
+    site_params = replace(params, calibrate_on="site")
+    with pytest.raises(EmptySiteError, match="pneumonia.ingest EXPORT_FOLDER --split site"):
+        calibration_cases(site_params, model, val, val_logits)
+    site = PreparedSplit(
+        real_images("test", 3, 32), np.array([0] * 3 + [1] * 3), [""] * 6, [""] * 6
+    )
+    write_split(site, tmp_path, "site")
+    logits, fit_labels, fitted_on = calibration_cases(site_params, model, val, val_logits)
+    assert fitted_on == "site (6 images)" and np.array_equal(fit_labels, site.labels)
+    assert np.allclose(logits, predict_logits(model, site.images))
+    # a recalibration keeps validation's decisions: the same images above the threshold
+    scale, bias = calibrate(logits, fit_labels, "platt")
+    val_scale, val_bias = calibrate(val_logits, labels, "platt")
+    order = np.argsort(calibrated_probability(val_logits, val_scale, val_bias))
+    assert np.array_equal(order, np.argsort(calibrated_probability(val_logits, scale, bias)))

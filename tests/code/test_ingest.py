@@ -178,3 +178,20 @@ def test_ids_link_images_only_within_the_namespace_ingested_into(tmp_path, small
     assert [(str(p), "also in train" in r) for p, r in into_test.other_namespace] == [
         (f"PNEUMONIA/{train_patient}_virus_9002.jpeg", True)
     ]
+
+
+def test_a_feedback_export_goes_to_the_site_split_even_for_known_patients(tmp_path, small_dataset):
+    """--split site: a hospital's labelled cases, for calibration only; a name that matches a
+    training patient is reported, never followed into train."""
+    batch = tmp_path / "export"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (batch / label).mkdir(parents=True)
+    known = sorted((small_dataset / "train" / "PNEUMONIA").iterdir())[0]
+    image = Image.open(known).convert("L").rotate(4)
+    same_patient = known.name.split("_")[0] + "_bacteria_99999.jpeg"
+    image.save(batch / "PNEUMONIA" / same_patient, quality=90)
+    shutil.copy(unused_images("NORMAL", 1)[0], batch / "NORMAL" / "fb-0a1b2c.png")
+    plan = plan_ingest(batch, small_dataset, "site")
+    assert {p.target.parts[0] for p in plan.add} == {"site"}
+    assert plan.counts()["site"] == {"NORMAL": 1, "PNEUMONIA": 1}
+    assert [p.name for p, _ in plan.other_namespace] == [same_patient]

@@ -146,3 +146,47 @@ def test_no_progress_bar_is_written_where_stderr_is_not_a_terminal(small_dataset
     )
     err = capfd.readouterr().err
     assert "img/s" not in err and "\r" not in err
+
+
+def add_site(dataset: Path, per_class: int = 3) -> list[str]:
+    """A site folder: later test images (not in the subset) as a hospital's own cases."""
+    names = []
+    for label in ("NORMAL", "PNEUMONIA"):
+        folder = dataset / "site" / label
+        folder.mkdir(parents=True)
+        for path in sorted((DATASET / "test" / label).iterdir())[-per_class:]:
+            shutil.copy(path, folder / f"fb-{path.name}")
+            names.append(f"site/{label}/fb-{path.name}")
+    return names
+
+
+def test_a_site_folder_becomes_its_own_split_never_trained_on(small_dataset):
+    names = add_site(small_dataset)
+    # a site case identical to a training image is dropped: calibration cases must be new
+    train_image = sorted((small_dataset / "train" / "NORMAL").iterdir())[0]
+    shutil.copy(train_image, small_dataset / "site" / "NORMAL" / "fb-copy.jpeg")
+    out = small_dataset.parent / "p"
+    splits, report = prepare(small_dataset, 32, 0.2, seed=1, out_dir=out)
+    assert sorted(splits["site"].files) == sorted(names)
+    assert report.counts["site"] == {"NORMAL": 3, "PNEUMONIA": 3}
+    assert "site" in report.fingerprints
+    assert {
+        "file": "site/NORMAL/fb-copy.jpeg",
+        "reason": "identical to an image of the train, val or test split",
+    } in report.duplicates_dropped
+    for split in ("train", "val", "test"):
+        assert not set(splits[split].files) & set(names)
+
+
+def test_a_site_folder_without_both_classes_is_refused(small_dataset):
+    add_site(small_dataset)
+    shutil.rmtree(small_dataset / "site" / "PNEUMONIA")
+    with pytest.raises(
+        EmptySplitError, match=r"split 'site' has no usable PNEUMONIA.*chest_xray/site/"
+    ):
+        prepare(small_dataset, 32, 0.2, seed=1, out_dir=small_dataset.parent / "p")
+
+
+def test_without_a_site_folder_there_is_no_site_split(small_dataset):
+    splits, report = prepare(small_dataset, 32, 0.2, seed=1, out_dir=small_dataset.parent / "p")
+    assert set(splits) == {"train", "val", "test"} and "site" not in report.counts

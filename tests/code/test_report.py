@@ -11,19 +11,25 @@ def test_served_model_line_for_float_int8_and_no_bundle(tmp_path):
     assert served_model(tmp_path / "missing") is None
     (tmp_path / "model.onnx").write_bytes(b"\0" * 2**20)
     (tmp_path / "model.json").write_text(json.dumps({"version": "abc123"}))
-    assert served_model(tmp_path) == "Served model: float32 ONNX, 1.0 MiB, version `abc123`."
+    assert served_model(tmp_path) == (
+        "Served model: float32 ONNX, 1.0 MiB, version `abc123`. No guard: it answers every "
+        "image, whatever it shows."
+    )
     quantization = {
         "test_accuracy": 0.9,
         "test_accuracy_float": 0.91,
         "test_decisions_changed": 3,
         "test_images": 316,
     }
-    (tmp_path / "model.json").write_text(
-        json.dumps({"version": "abc123", "quantization": quantization})
-    )
+    guard = {"refused": {"validation": 0.0064, "test": 0.0032}}
+    calibration = {"fitted_on": "site (158 images)"}
+    manifest = {"version": "abc123", "quantization": quantization, "guard": guard}
+    (tmp_path / "model.json").write_text(json.dumps({**manifest, "calibration": calibration}))
     line = served_model(tmp_path)
     assert line.startswith("Served model: INT8 ONNX, 1.0 MiB")
     assert "test accuracy 0.9000 (trained model 0.9100), 3 of 316 test decisions" in line
+    assert "Probabilities calibrated on site (158 images)." in line
+    assert "Its guard refuses 0.6% of validation, 0.3% of test X-rays" in line
 
 
 def test_training_line_names_the_kept_epoch_and_reads_older_summaries(tmp_path):

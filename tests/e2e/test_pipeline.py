@@ -92,7 +92,15 @@ def test_bundle_is_consistent_with_the_repo(repro):
     assert quantized["float_onnx_sha256"] != manifest["onnx_sha256"]
     assert manifest["version"] == manifest["onnx_sha256"][:12]
     assert 0 <= quantized["test_accuracy"] <= 1
-    bundle = Bundle(repo / "models/bundle")
+    guard = manifest["guard"]  # fitted on this tiny model; how good it is: bench/guard.py
+    val_counts = json.loads((repo / "metrics/data.json").read_text())["counts"]["val"]
+    assert guard["fitted_on"]["validation_images"] == sum(val_counts.values())
+    assert set(guard["refused"]) == {"validation", "test"}
+    assert Bundle(repo / "models/bundle").guard is not None
+    # The model behind the guard answers a full-size original (a 1-epoch model's guard,
+    # fitted on a few images, may refuse it, as it should refuse what it does not know).
+    unguarded = {k: v for k, v in manifest.items() if k != "guard"}
+    bundle = Bundle.from_parts(repo / "models/bundle/model.onnx", unguarded)
     prediction = bundle.predict_bytes(sorted(SAMPLES.rglob("*.jpeg"))[0].read_bytes())
     assert prediction.label in ("NORMAL", "PNEUMONIA") and 0 <= prediction.probability <= 1
 
@@ -205,3 +213,34 @@ def test_default_local_store_and_param_override(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / '.mlflow' / 'mlflow.db'}")
     tags = client.get_run(run_file["run_id"]).data.tags
     assert tags["git.branch"] == "master" or tags["git.branch"] == "main", tags["git.branch"]
+
+
+def test_site_calibration_is_a_pipeline_option(tmp_path):
+    """Site cases added to data/chest_xray/site/ and `evaluate.calibrate_on: site`: the served
+    probabilities are calibrated on them and model.json says so; the model is not retrained."""
+    import shutil
+
+    from tests.conftest import DATASET
+
+    dataset = copy_subset(tmp_path / "chest_xray", {"train": 24, "val": 4, "test": 8})
+    repo = make_repo(tmp_path / "repo", dataset, TINY_PARAMS)
+    env = tool_env()
+    run(["dvc", "repro"], repo, env)
+    site = repo / "data" / "chest_xray" / "site"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (site / label).mkdir(parents=True)
+        for path in sorted((DATASET / "test" / label).iterdir())[-5:]:
+            shutil.copy(path, site / label / f"fb-{path.name}")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["calibrate_on"] = "site"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run(["dvc", "repro"], repo, env)
+    assert "Running stage 'prepare'" in result.stdout and "Running stage 'export'" in result.stdout
+    assert "Running stage 'train'" not in result.stdout  # the site is not training data
+    manifest = json.loads((repo / "models/bundle/model.json").read_text())
+    assert manifest["calibration"]["fitted_on"] == "site (10 images)"
+    val = json.loads((repo / "metrics/val.json").read_text())
+    assert val["calibration_fitted_on"] == "site (10 images)"
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["counts"]["site"] == {"NORMAL": 5, "PNEUMONIA": 5}
+    assert data["counts"]["test"] == {"NORMAL": 8, "PNEUMONIA": 8}  # the site is not test
