@@ -180,3 +180,16 @@ def test_site_calibration_benchmark_compares_both_fits(tmp_path):
     results = json.loads(out.read_text())
     assert len(results["site"]) == len(results["validation"]) > 0
     assert set(results["site"][0]) == {"ece", "sensitivity", "specificity", "accuracy"}
+
+
+def test_heatmap_benchmark_counts_peaks_outside_the_chest(tmp_path):
+    from bench.heatmaps import peak_outside
+
+    centre, corner = np.zeros((7, 7)), np.zeros((7, 7))
+    centre[3, 3], corner[0, 0] = 1.0, 1.0
+    assert not peak_outside(centre) and peak_outside(corner)
+    bundle = make_bundle(calibrated_model(64), 64, tmp_path / "bundle", METRICS)
+    write_prepared(tmp_path / "prepared", 64)
+    command = [sys.executable, "-m", "bench.heatmaps", "--bundle", str(bundle)]
+    result = run([*command, "--prepared", str(tmp_path / "prepared")], REPO, tool_env())
+    assert "| all (8) |" in result.stdout and "| true PNEUMONIA (4) |" in result.stdout
