@@ -3,6 +3,11 @@
 Writes ``models/model.pt`` (``train.select``: the last epoch's weights, or the epoch with the
 lowest validation loss), ``metrics/train.json`` (summary) and
 ``metrics/train_history.csv`` (per-epoch curves, a DVC plot); logs the same to MLflow.
+
+Trains where ``train.device`` says (CUDA when present), in ``train.processes`` data-parallel
+processes: with more than one, ``python -m pneumonia.train`` starts itself again under
+``torchrun`` (DistributedDataParallel, NCCL on GPUs, gloo on the CPU) and only the main process
+tracks and writes.
 """
 
 from __future__ import annotations
