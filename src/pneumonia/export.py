@@ -192,14 +192,10 @@ def fit_guard(
     return section
 
 
-def guard_refusals(bundle: Bundle, images: np.ndarray) -> float:
-    """Share of ``images`` (uint8, the model's input size) the bundle's guard refuses by their
-    features or contrast (the checks on size and colour need the original file)."""
-    assert bundle.guard is not None
-    contrast = images.reshape(len(images), -1).std(axis=1) / 255.0
-    distance = bundle.guard.distance(pooled_features(bundle, images))
-    refused = (contrast < bundle.guard.min_contrast) | (distance > bundle.guard.threshold)
-    return float(refused.mean())
+def guard_refusals(guard: Guard, images: np.ndarray, features: np.ndarray) -> float:
+    """Share of ``images`` (uint8, the model's input size; ``features`` pooled) the guard
+    refuses as nearly uniform or by their features (size and colour need the original file)."""
+    return float((guard.uniform(images) | (guard.distance(features) > guard.threshold)).mean())
 
 
 def batched_probabilities(bundle: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -303,17 +299,14 @@ def export(
         if guard_images is not None:
             bundle = Bundle.from_parts(staging / "model.onnx", manifest)
             train_images, val_images = guard_images
-            manifest["guard"] = fit_guard(
-                pooled_features(bundle, train_images),
-                pooled_features(bundle, val_images),
-                params.guard,
-            )
-            guarded = Bundle.from_parts(staging / "model.onnx", manifest)
-            manifest["guard"]["refused"] = {
-                "validation": guard_refusals(guarded, val_images),
-                # measured, never used to choose anything
-                "test": None if test_split is None else guard_refusals(guarded, test_split.images),
-            }
+            val_features = pooled_features(bundle, val_images)
+            section = fit_guard(pooled_features(bundle, train_images), val_features, params.guard)
+            guard = Guard.from_manifest(section)
+            refused = {"validation": guard_refusals(guard, val_images, val_features), "test": None}
+            if test_split is not None:  # measured, never used to choose anything
+                test_features = pooled_features(bundle, test_split.images)
+                refused["test"] = guard_refusals(guard, test_split.images, test_features)
+            manifest["guard"] = {**section, "refused": refused}
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         Bundle(staging)  # what is served loads and matches its manifest
     return manifest, served_probability

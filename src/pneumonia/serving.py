@@ -417,9 +417,13 @@ class Guard:
             return NotAChestXray("too_small", detail)
         if float(image.info.get("colour", 0.0)) > self.max_colour:
             return NotAChestXray("colour", "it is a colour image")
-        if float(gray.std()) / 255.0 < self.min_contrast:
+        if self.uniform(gray[None])[0]:
             return NotAChestXray("uniform", "the image is nearly uniform")
         return None
+
+    def uniform(self, gray: np.ndarray) -> np.ndarray:
+        """Per image of a uint8 batch N x S x S: nearly uniform (pixel std below the bound)."""
+        return gray.reshape(len(gray), -1).std(axis=1) / 255.0 < self.min_contrast
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Per-dimension distance of each image's features (N x K x h x w, or N x K pooled)."""
