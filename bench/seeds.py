@@ -13,6 +13,9 @@ threshold fitted on validation, test expected calibration error after calibratio
   last           the last epoch, the end of the schedule (the default, ``train.select``)
   last_flip      the last epoch, each image's logits averaged with its mirror image's
                  (test-time flip averaging)
+  last_bn_target the last epoch with its BatchNorm statistics re-estimated on the test
+                 images (their pixels, never their labels: AdaBN, "adapted to the target
+                 images"); validation keeps the training statistics
 
 and, per precision, the deep ensembles of all its seeds (averaged logits, with and without
 flip averaging). Writes every run to ``--out`` (JSON) and prints Markdown tables: mean,
@@ -23,6 +26,7 @@ means fp32 arithmetic.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -40,7 +44,7 @@ import yaml
 from pneumonia.config import PREPARED_DIR, RAW_DIR
 from pneumonia.evaluate import calibrate, calibrated_probability, evaluate
 from pneumonia.evaluate import expected_calibration_error as ece_of
-from pneumonia.model import build_model, predict_logits
+from pneumonia.model import build_model, predict_logits, to_input
 from pneumonia.params import Params, as_dict
 from pneumonia.params import parse as parse_params
 from pneumonia.prepare import prepare
@@ -49,7 +53,7 @@ from pneumonia.train import Processes, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CHOICES = ("best_val_loss", "last", "last_flip")
+CHOICES = ("best_val_loss", "last", "last_flip", "last_bn_target")
 REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")
 QUICK = {"epochs": 2, "batch_size": 16}
 
@@ -73,6 +77,22 @@ def logits_of(model, split: PreparedSplit, device: str, flip: bool = False) -> n
         mirrored = np.ascontiguousarray(split.images[:, :, ::-1])
         logits = (logits + predict_logits(model, mirrored, 64, device)) / 2
     return logits
+
+
+@torch.no_grad()
+def adapt_batchnorm(model, images: np.ndarray, device: str, batch_size: int = 64):
+    """A copy of ``model`` whose BatchNorm running statistics are the averages over ``images``
+    (unlabelled target images) instead of the training images'."""
+    adapted = copy.deepcopy(model).to(device)
+    norms = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    adapted.train()
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.array(images[start : start + batch_size]))
+        adapted(to_input(batch).to(device))
+    return adapted.eval()
 
 
 def score(val_logits, test_logits, labels: dict, params) -> dict[str, float]:
@@ -117,6 +137,12 @@ def one_run(job: dict) -> dict:
     scores = {
         "last": score(logits["val"], logits["test"], labels, job["evaluate"]),
         "last_flip": score(logits["val_flip"], logits["test_flip"], labels, job["evaluate"]),
+        "last_bn_target": score(
+            logits["val"],
+            logits_of(adapt_batchnorm(last, splits["test"].images, device), splits["test"], device),
+            labels,
+            job["evaluate"],
+        ),
     }
     last.load_state_dict(best["state"])
     best_logits = [logits_of(last, splits[s], device) for s in ("val", "test")]
@@ -134,14 +160,17 @@ def one_run(job: dict) -> dict:
 
 def prepared_dir(args, params: Params, scratch: Path) -> Path:
     """The folder of prepared splits: data/prepared as is, or --data prepared into scratch."""
+    if args.prepared and (args.prepared / "train.npz").is_file():
+        return args.prepared
     if args.data is None and not args.quick and (PREPARED_DIR / "train.npz").is_file():
         return PREPARED_DIR
     prep = params.prepare
     size = 32 if args.quick else prep.image_size
     raw = args.data or RAW_DIR
-    splits, _ = prepare(raw, size, prep.val_fraction, prep.seed, scratch / "full")
+    full = args.prepared or scratch / "full"
+    splits, _ = prepare(raw, size, prep.val_fraction, prep.seed, full)
     if not args.quick:
-        return scratch / "full"
+        return full
     for name, split in splits.items():
         write_split(subset(split, 6), scratch, name)
     return scratch
@@ -175,16 +204,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
     parser.add_argument("--data", type=Path, help="raw dataset to prepare (default: prepared)")
     parser.add_argument("--out", type=Path, default=Path("seeds.json"))
+    parser.add_argument(
+        "--prepared", type=Path, help="prepared splits to use, or where to keep --data prepared"
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="train.KEY override"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="train.KEY override (augment.mixup=0.2 for a nested one)",
     )
     args = parser.parse_args(argv)
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for override in args.set:
         key, value = override.split("=", 1)
-        raw["train"][key.removeprefix("train.")] = yaml.safe_load(value)
+        *path, name = key.removeprefix("train.").split(".")
+        section = raw["train"]
+        for part in path:
+            section = section[part]
+        if name not in section:
+            parser.error(f"--set {key}: train has no such parameter")
+        section[name] = yaml.safe_load(value)
     params = parse_params(raw)
     train_params = replace(params.train, weights="none", **(QUICK if args.quick else {}))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)

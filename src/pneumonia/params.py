@@ -41,11 +41,13 @@ class AugmentParams:
     crop_scale: float
     gamma: float
     noise: float
+    mixup: float
+    cutmix: float
 
     def check(self) -> None:
         _require(0 <= self.hflip <= 1, "train.augment.hflip", "a probability in [0, 1]")
         _require(0 < self.crop_scale <= 1, "train.augment.crop_scale", "in (0, 1]")
-        for name in ("rotation_deg", "brightness", "contrast", "gamma", "noise"):
+        for name in ("rotation_deg", "brightness", "contrast", "gamma", "noise", "mixup", "cutmix"):
             _require(getattr(self, name) >= 0, f"train.augment.{name}", ">= 0")
 
 

@@ -94,6 +94,34 @@ def augment(x: torch.Tensor, aug: AugmentParams, generator: torch.Generator) -> 
     return x
 
 
+def mix(
+    x: torch.Tensor, y: torch.Tensor, aug: AugmentParams, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup or CutMix within a batch: ``(images, partner labels, lam)``; the loss of a batch is
+    ``lam * loss(labels) + (1 - lam) * loss(partner labels)``.
+
+    ``mixup``: blend each image with a partner image, weight ``lam`` ~ Beta(a, a); ``cutmix``:
+    paste a box of area about ``1 - lam`` from the partner (lam is then the kept area). With
+    both on, each batch takes one of the two at random; with both off, nothing changes
+    (``lam`` = 1, partner = itself).
+    """
+    kinds = [k for k in ("mixup", "cutmix") if getattr(aug, k) > 0]
+    if not kinds or len(y) < 2:
+        return x, y, 1.0
+    kind = kinds[int(rng.integers(len(kinds)))]
+    lam = float(rng.beta(getattr(aug, kind), getattr(aug, kind)))
+    partner = torch.from_numpy(rng.permutation(len(y)))
+    if kind == "mixup":
+        return lam * x + (1 - lam) * x[partner], y[partner], lam
+    height, width = x.shape[-2:]
+    cut = math.sqrt(1 - lam)
+    h, w = round(height * cut), round(width * cut)
+    top, left = int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+    x = x.clone()
+    x[..., top : top + h, left : left + w] = x[partner][..., top : top + h, left : left + w]
+    return x, y[partner], 1 - h * w / (height * width)
+
+
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
     """``balanced``: n / (classes * n_c) per class, so both classes weigh the same; ``none``."""
     if mode == "none":
@@ -219,13 +247,18 @@ class AugmentedBatches(torch.utils.data.Dataset):
         """Batches per epoch (the same in every epoch and process)."""
         return len(self.batches(1))
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, ...]:
+        """Images, labels, partner labels and ``lam`` (see ``mix``; 1 when mixing is off)."""
         epoch, b = key
         idx = self.batches(epoch)[b]
         seed = _mix(self.params.seed, epoch, b, self.processes.rank)
         x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).float().div(255.0)
         x = augment(x.unsqueeze(1), self.params.augment, torch.Generator().manual_seed(seed))
-        return to_input(x), torch.from_numpy(self.labels[idx])
+        y = torch.from_numpy(self.labels[idx])
+        # Its own stream, so that turning mixing on leaves the other augmentations as they were.
+        rng = np.random.default_rng(_mix(seed, 1))
+        x, partner, lam = mix(x, y, self.params.augment, rng)
+        return to_input(x), y, partner, torch.tensor(lam)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -331,12 +364,15 @@ def train(
             file=sys.stderr,
             disable=None if processes.is_main else True,  # a bar on a terminal only
         )
-        for x, y in bar:
+        for x, y, partner, lam in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
+                if lam < 1:
+                    partner = partner.to(device, non_blocking=True)
+                    loss = lam * loss + (1 - lam) * criterion(logits.float(), partner)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -20,7 +20,7 @@ PARAMS = load_params(REPO / "params.yaml").train
 
 def Augment(hflip=0.0, rotation_deg=0.0, brightness=0.0, contrast=0.0, **more) -> AugmentParams:
     """Augmentation with everything off except what is given."""
-    off = {"crop_scale": 1.0, "gamma": 0.0, "noise": 0.0}
+    off = {"crop_scale": 1.0, "gamma": 0.0, "noise": 0.0, "mixup": 0.0, "cutmix": 0.0}
     return AugmentParams(hflip, rotation_deg, brightness, contrast, **{**off, **more})
 
 
@@ -283,3 +283,60 @@ def test_each_process_gets_a_disjoint_share_of_every_batch(world):
             assert all(len(share.batches(epoch)[b]) >= 2 for share in shares)
     orders = [np.concatenate(shares[0].batches(epoch)) for epoch in (1, 2)]
     assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
+
+
+def test_mixing_off_changes_nothing():
+    from pneumonia.train import mix
+
+    x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 0, 1, 1, 0])
+    mixed, partner, lam = mix(x, y, Augment(), np.random.default_rng(0))
+    assert mixed is x and torch.equal(partner, y) and lam == 1.0
+
+
+def test_mixup_blends_each_image_with_its_partner_by_lam():
+    from pneumonia.train import mix
+
+    # Image i is uniformly i/10: a blend is lam * own + (1 - lam) * partner's value everywhere.
+    n = 8
+    x = (torch.arange(n, dtype=torch.float32) / 10).view(n, 1, 1, 1).expand(n, 1, 4, 4)
+    y = torch.arange(n) % 2
+    mixed, partner, lam = mix(x, y, Augment(mixup=0.4), np.random.default_rng(3))
+    assert 0 < lam < 1
+    partner_index = ((mixed[:, 0, 0, 0] - lam * x[:, 0, 0, 0]) / (1 - lam) * 10).round().long()
+    assert sorted(partner_index.tolist()) == list(range(n))  # a permutation of the batch
+    assert torch.equal(partner, y[partner_index])
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[partner_index], atol=1e-6)
+
+
+def test_cutmix_pastes_a_box_whose_share_is_one_minus_lam():
+    from pneumonia.train import mix
+
+    n = 8
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 20, 20).contiguous()
+    y = torch.arange(n) % 2
+    for seed in range(5):
+        mixed, partner, lam = mix(x, y, Augment(cutmix=1.0), np.random.default_rng(seed))
+        own = (mixed == x).float().mean(dim=(1, 2, 3))
+        moved = own < 1  # images whose partner is another image
+        assert moved.any()
+        assert torch.allclose(own[moved], torch.full_like(own[moved], lam), atol=1e-6)
+        assert float(mixed.min()) >= 0 and float(mixed.max()) <= n - 1
+
+
+def test_training_with_mixup_and_cutmix_runs_and_differs(small_dataset):
+    """Mixing reaches the loss: the same seed with mixing on trains a different model."""
+    from pneumonia.prepare import prepare
+    from pneumonia.train import AugmentedBatches, Processes, train
+
+    splits, _ = prepare(small_dataset, 32, 0.2, seed=1, out_dir=small_dataset.parent / "p")
+    mixing = replace(TRAIN_PARAMS.augment, mixup=0.2, cutmix=1.0)
+    params = replace(TRAIN_PARAMS, epochs=1, select="last", augment=mixing)
+    batches = AugmentedBatches(splits["train"], params, Processes())
+    lams = [float(batches[(1, b)][3]) for b in (0, 1)]
+    assert all(0 < lam < 1 for lam in lams)
+    runs = [
+        train(torch.manual_seed(0) and build_model("none"), splits["train"], splits["val"], p)
+        for p in (replace(params, augment=TRAIN_PARAMS.augment), params)
+    ]
+    (_, plain, _), (_, mixed, _) = runs
+    assert plain[0]["train_loss"] != pytest.approx(mixed[0]["train_loss"], rel=1e-6)

@@ -59,7 +59,8 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
         str(out),
     ]
     result = run(command, REPO, tool_env())
-    assert "| precision | seeds | best_val_loss | last | last_flip |" in result.stdout
+    header = "| precision | seeds | best_val_loss | last | last_flip | last_bn_target |"
+    assert header in result.stdout
     study = json.loads(out.read_text())
     runs = study["runs"]
     assert sorted((r["precision"], r["seed"]) for r in runs) == [
@@ -70,7 +71,7 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     ]
     reported = {"accuracy", "sensitivity", "specificity", "roc_auc", "ece"}
     for r in runs:
-        for choice in ("best_val_loss", "last", "last_flip"):
+        for choice in ("best_val_loss", "last", "last_flip", "last_bn_target"):
             assert 0.0 <= r["test"][choice]["accuracy"] <= 1.0
             assert set(r["test"][choice]) == reported
         assert len(r["logits"]["test_flip"]) == 8  # 4 test images per class
