@@ -42,8 +42,7 @@ import torch
 import yaml
 
 from pneumonia.config import PREPARED_DIR, RAW_DIR
-from pneumonia.evaluate import calibrate, calibrated_probability, evaluate
-from pneumonia.evaluate import expected_calibration_error as ece_of
+from pneumonia.evaluate import fit
 from pneumonia.model import build_model, predict_logits, to_input
 from pneumonia.params import Params, as_dict
 from pneumonia.params import parse as parse_params
@@ -98,10 +97,8 @@ def adapt_batchnorm(model, images: np.ndarray, device: str, batch_size: int = 64
 def score(val_logits, test_logits, labels: dict, params) -> dict[str, float]:
     """Test metrics as the evaluate stage computes them: calibration and threshold fitted on
     validation, then the test split's metrics and its expected calibration error."""
-    scale, bias = calibrate(val_logits, labels["val"], params.calibration)
-    val_p, test_p = (calibrated_probability(x, scale, bias) for x in (val_logits, test_logits))
-    _, test = evaluate(val_p, labels["val"], test_p, labels["test"], params)
-    return {**{k: test[k] for k in REPORTED if k != "ece"}, "ece": ece_of(labels["test"], test_p)}
+    test = fit(val_logits, labels["val"], params).score(test_logits, labels["test"])
+    return {k: test[k] for k in REPORTED}
 
 
 def one_run(job: dict) -> dict:

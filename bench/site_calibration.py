@@ -32,13 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.config import MODEL_FILE, PREPARED_DIR
-from pneumonia.evaluate import (
-    calibrate,
-    calibrated_probability,
-    choose_threshold,
-    expected_calibration_error,
-)
-from pneumonia.metrics import classification_metrics
+from pneumonia.evaluate import Fit, fit
 from pneumonia.model import load_checkpoint, predict_logits
 from pneumonia.params import load as load_params
 from pneumonia.prepared import load_split
@@ -46,41 +40,20 @@ from pneumonia.prepared import load_split
 SHOWN = ("ece", "sensitivity", "specificity", "accuracy")
 
 
-def fitted(logits: np.ndarray, labels: np.ndarray, params) -> tuple[float, float, float]:
-    """(scale, bias, threshold) fitted on these cases, as the evaluate stage fits them."""
-    scale, bias = calibrate(logits, labels, params.calibration)
-    probability = calibrated_probability(logits, scale, bias)
-    threshold = choose_threshold(
-        labels, probability, params.threshold_method, params.min_sensitivity
-    )
-    return scale, bias, threshold
-
-
-def measured(logits, labels, fit: tuple[float, float, float]) -> dict[str, float]:
-    scale, bias, threshold = fit
-    probability = calibrated_probability(logits, scale, bias)
-    metrics = classification_metrics(labels, probability, threshold)
-    return {"ece": expected_calibration_error(labels, probability)} | {
-        k: metrics[k] for k in SHOWN if k != "ece"
-    }
-
-
-def same_decisions(
-    fit: tuple[float, float, float], calibration: tuple[float, float]
-) -> tuple[float, float, float]:
-    """``calibration`` with the threshold that decides as ``fit`` does: both map the logit
-    margin monotonically, so the boundary margin of ``fit`` gives the new threshold."""
-    scale, bias, threshold = fit
-    margin = (math.log(threshold / (1 - threshold)) - bias) / scale
-    new_scale, new_bias = calibration
-    return new_scale, new_bias, 1 / (1 + math.exp(-(new_scale * margin + new_bias)))
+def same_decisions(decides: Fit, calibration: Fit) -> Fit:
+    """``calibration``'s scale and bias with the threshold that decides as ``decides`` does:
+    both map the logit margin monotonically, so the boundary margin gives the new threshold."""
+    threshold = decides.threshold
+    margin = (math.log(threshold / (1 - threshold)) - decides.bias) / decides.scale
+    new = 1 / (1 + math.exp(-(calibration.scale * margin + calibration.bias)))
+    return Fit(calibration.scale, calibration.bias, new)
 
 
 def study(val, test, val_logits, test_logits, params, splits: int) -> dict[str, list[dict]]:
     patients = np.array(test.patients)
     unique = np.unique(patients)
     results: dict[str, list[dict]] = {"validation": [], "site": [], "site probabilities": []}
-    validation_fit = fitted(val_logits, val.labels, params)
+    validation_fit = fit(val_logits, val.labels, params)
     for seed in range(splits):
         rng = np.random.default_rng(seed)
         site_patients = set(rng.permutation(unique)[: len(unique) // 2].tolist())
@@ -89,14 +62,15 @@ def study(val, test, val_logits, test_logits, params, splits: int) -> dict[str, 
         cal_labels, eval_labels = test.labels[calibration], test.labels[evaluation]
         if len(np.unique(cal_labels)) < 2 or len(np.unique(eval_labels)) < 2:
             continue
-        site_fit = fitted(test_logits[calibration], cal_labels, params)
+        site_fit = fit(test_logits[calibration], cal_labels, params)
         fits = {
             "validation": validation_fit,
             "site": site_fit,
-            "site probabilities": same_decisions(validation_fit, site_fit[:2]),
+            "site probabilities": same_decisions(validation_fit, site_fit),
         }
-        for name, fit in fits.items():
-            results[name].append(measured(test_logits[evaluation], eval_labels, fit))
+        for name, fitted in fits.items():
+            scores = fitted.score(test_logits[evaluation], eval_labels)
+            results[name].append({k: scores[k] for k in SHOWN})
     return results
 
 

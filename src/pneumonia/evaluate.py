@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -261,24 +262,41 @@ def write_errors(split: PreparedSplit, probabilities: np.ndarray, threshold: flo
     _write_csv(path, ["actual", "file", "predicted", "probability"], rows)
 
 
-def evaluate(
-    val_probabilities: np.ndarray,
-    val_labels: np.ndarray,
-    test_probabilities: np.ndarray,
-    test_labels: np.ndarray,
+@dataclass(frozen=True)
+class Fit:
+    """What the stage fits on labelled cases: the calibration (``scale``, ``bias`` on the logit
+    margin) and the decision threshold on calibrated probabilities."""
+
+    scale: float
+    bias: float
+    threshold: float
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return calibrated_probability(logits, self.scale, self.bias)
+
+    def score(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+        """Metrics of these cases at the threshold, with the expected calibration error."""
+        probabilities = self.probabilities(logits)
+        metrics = classification_metrics(labels, probabilities, self.threshold)
+        return metrics | {"ece": expected_calibration_error(labels, probabilities)}
+
+
+def fit(
+    logits: np.ndarray,
+    labels: np.ndarray,
     params: EvaluateParams,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Threshold from validation; (validation metrics, test metrics) at that threshold."""
+    calibrate_on: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Fit:
+    """The calibration of ``params`` fitted on ``calibrate_on`` (logits, labels; by default
+    these cases), then the threshold chosen on these cases' calibrated probabilities. The
+    stage fits on validation; benchmarks fit the same way on other cases."""
+    fit_logits, fit_labels = calibrate_on if calibrate_on is not None else (logits, labels)
+    scale, bias = calibrate(fit_logits, fit_labels, params.calibration)
+    probabilities = calibrated_probability(logits, scale, bias)
     threshold = choose_threshold(
-        val_labels,
-        val_probabilities,
-        params.threshold_method,
-        params.min_sensitivity,
+        labels, probabilities, params.threshold_method, params.min_sensitivity
     )
-    return (
-        classification_metrics(val_labels, val_probabilities, threshold),
-        classification_metrics(test_labels, test_probabilities, threshold),
-    )
+    return Fit(scale, bias, threshold)
 
 
 def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, method: str) -> tuple[float, float]:
@@ -332,19 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     except EmptySiteError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 1
-    scale, bias = calibrate(fit_logits, fit_labels, method)
-    val_prob = calibrated_probability(val_logits, scale, bias)
-    test_prob = calibrated_probability(test_logits, scale, bias)
-    val_metrics, test_metrics = evaluate(val_prob, val.labels, test_prob, test.labels, params)
-    outcomes = (
-        (val_metrics, val, val_logits, val_prob),
-        (test_metrics, test, test_logits, test_prob),
-    )
-    for metrics, split, logits, prob in outcomes:
+    fitted = fit(val_logits, val.labels, params, calibrate_on=(fit_logits, fit_labels))
+    val_prob, test_prob = fitted.probabilities(val_logits), fitted.probabilities(test_logits)
+    val_metrics = fitted.score(val_logits, val.labels)
+    test_metrics = fitted.score(test_logits, test.labels)
+    outcomes = ((val_metrics, val, val_logits), (test_metrics, test, test_logits))
+    for metrics, split, logits in outcomes:
         metrics["calibration"] = method
-        metrics["calibration_scale"], metrics["calibration_bias"] = scale, bias
+        metrics["calibration_scale"], metrics["calibration_bias"] = fitted.scale, fitted.bias
         metrics["calibration_fitted_on"] = fitted_on
-        metrics["ece"] = expected_calibration_error(split.labels, prob)
         metrics["ece_uncalibrated"] = expected_calibration_error(
             split.labels, positive_probability(logits)
         )
