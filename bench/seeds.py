@@ -156,7 +156,9 @@ def one_run(job: dict) -> dict:
 
 
 def prepared_dir(args, params: Params, scratch: Path) -> Path:
-    """The folder of prepared splits: data/prepared as is, or --data prepared into scratch."""
+    """The folder of prepared splits the runs use: --prepared when it holds them, data/prepared
+    as is, or --data prepared here (kept in --prepared when given, else in scratch; in quick
+    mode the small subset is what is kept)."""
     if args.prepared and (args.prepared / "train.npz").is_file():
         return args.prepared
     if args.data is None and not args.quick and (PREPARED_DIR / "train.npz").is_file():
@@ -164,13 +166,14 @@ def prepared_dir(args, params: Params, scratch: Path) -> Path:
     prep = params.prepare
     size = 32 if args.quick else prep.image_size
     raw = args.data or RAW_DIR
-    full = args.prepared or scratch / "full"
+    kept = args.prepared or scratch / "prepared"
+    full = scratch / "full" if args.quick else kept
     splits, _ = prepare(raw, size, prep.val_fraction, prep.seed, full)
-    if not args.quick:
-        return full
-    for name, split in splits.items():
-        write_split(subset(split, 6), scratch, name)
-    return scratch
+    if args.quick:
+        kept.mkdir(parents=True, exist_ok=True)
+        for name, split in splits.items():
+            write_split(subset(split, 6), kept, name)
+    return kept
 
 
 def table(runs: list[dict], metric: str) -> list[str]:

@@ -55,6 +55,8 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
         "bf16",
         "--jobs",
         "2",
+        "--prepared",
+        str(tmp_path / "prepared"),
         "--out",
         str(out),
     ]
@@ -82,6 +84,15 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
         ("bf16", False, 2),
         ("bf16", True, 2),
     ]
+    # the approaches' tables: validation figures from the runs' logits and the kept split
+    summary = tmp_path / "summary.json"
+    tables = [sys.executable, "bench/approaches_table.py", str(tmp_path), "--json", str(summary)]
+    shown = run([*tables, "--prepared", str(tmp_path / "prepared")], REPO, tool_env()).stdout
+    assert "| seeds | last |" in shown and "| seeds | ensemble of 2 |" in shown
+    approach = json.loads(summary.read_text())["seeds"]
+    assert len(approach["runs"]) == 4 and "logits" not in approach["runs"][0]
+    for r in approach["runs"]:
+        assert 0.0 <= r["validation"]["roc_auc"] <= 1.0 and r["validation"]["nll"] > 0
     # an ensemble of one seed is that seed's model
     single = [*command[:5], "--seeds", "1", "--precisions", "fp32", "--out", str(out)]
     run(single, REPO, tool_env())
