@@ -82,8 +82,39 @@ def test_form_upload_of_a_real_xray_shows_the_result(client, samples):
     assert 'id="label">NORMAL<' in html or 'id="label">PNEUMONIA<' in html
     assert html.count("data:image/png;base64,") == 1  # the original, lossless
     assert html.count("data:image/jpeg;base64,") == 1  # the heat map
+    assert ('id="heatmap-folded"' in html) == ('id="label">NORMAL<' in html)
     assert "sensitivity 0.960" in html and "specificity 0.810" in html
     assert "Decision support, not a diagnosis" in html
+
+
+@pytest.mark.parametrize("label", ["PNEUMONIA", "NORMAL"])
+def test_the_heat_map_is_shown_for_pneumonia_and_folded_away_for_normal(label):
+    """A NORMAL answer's map of pneumonia evidence points at nothing (its peak lies outside the
+    chest for most normal images: docs/model-quality.md): folded, with the reason."""
+    from types import SimpleNamespace
+
+    from django.template.loader import render_to_string
+
+    html = render_to_string(
+        "diagnosis/result.html",
+        {
+            "result": SimpleNamespace(label=label),
+            "prediction": SimpleNamespace(pk=7, label=label, user_id=None),
+            "model": {"version": "abc"},
+            "card": {"created_at": "2026-11-26", "metrics": {"test": {}}},
+            "percent": 50.0,
+            "threshold_percent": 40.0,
+            "original_uri": "data:image/png;base64,AA==",
+            "heatmap_uri": "data:image/jpeg;base64,AA==",
+        },
+    )
+    assert html.count('id="heatmap"') == 1
+    folded = html.split('id="heatmap-folded"', 1)
+    if label == "PNEUMONIA":
+        assert len(folded) == 1 and "brighter = more evidence for pneumonia" in html
+    else:
+        assert "<details>" in folded[1] and 'id="heatmap"' in folded[1]
+        assert "marks no finding" in html and "brighter = more evidence" not in html
 
 
 BAD = [
