@@ -222,3 +222,39 @@ def test_calibration_is_fitted_on_validation_or_on_the_sites_cases(tmp_path, mon
     val_scale, val_bias = calibrate(val_logits, labels, "platt")
     order = np.argsort(calibrated_probability(val_logits, val_scale, val_bias))
     assert np.array_equal(order, np.argsort(calibrated_probability(val_logits, scale, bias)))
+
+
+def test_fit_calibrates_on_the_given_cases_and_chooses_the_threshold_on_these():
+    from pneumonia.evaluate import (
+        calibrate,
+        calibrated_probability,
+        expected_calibration_error,
+        fit,
+    )
+    from pneumonia.params import load as load_params
+    from tests.conftest import REPO
+
+    params = load_params(REPO / "params.yaml").evaluate
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    logits = np.stack([np.zeros(200), 3 * labels - 1.5 + rng.normal(0, 1.2, 200)], axis=1)
+    site_labels = rng.integers(0, 2, 80)
+    site = np.stack([np.zeros(80), 1.5 * site_labels + rng.normal(0, 1, 80)], axis=1)
+
+    own = fit(logits, labels, params)
+    assert (own.scale, own.bias) == pytest.approx(calibrate(logits, labels, params.calibration))
+    shifted = fit(logits, labels, params, calibrate_on=(site, site_labels))
+    scale, bias = calibrate(site, site_labels, params.calibration)
+    assert (shifted.scale, shifted.bias) == pytest.approx((scale, bias))
+    expected = choose_threshold(
+        labels,
+        calibrated_probability(logits, scale, bias),
+        params.threshold_method,
+        params.min_sensitivity,
+    )
+    assert shifted.threshold == pytest.approx(expected)
+    scores = shifted.score(logits, labels)
+    assert scores["threshold"] == pytest.approx(expected)
+    assert scores["sensitivity"] >= params.min_sensitivity  # chosen on these very cases
+    probabilities = shifted.probabilities(logits)
+    assert scores["ece"] == pytest.approx(expected_calibration_error(labels, probabilities))
