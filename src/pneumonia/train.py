@@ -94,7 +94,7 @@ def augment(x: torch.Tensor, aug: AugmentParams, generator: torch.Generator) -> 
     return x
 
 
-def mix(
+def mix_batch(
     x: torch.Tensor, y: torch.Tensor, aug: AugmentParams, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Mixup or CutMix within a batch: ``(images, partner labels, lam)``; the loss of a batch is
@@ -248,7 +248,7 @@ class AugmentedBatches(torch.utils.data.Dataset):
         return len(self.batches(1))
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, ...]:
-        """Images, labels, partner labels and ``lam`` (see ``mix``; 1 when mixing is off)."""
+        """Images, labels, partner labels and ``lam`` (see ``mix_batch``; 1 when mixing is off)."""
         epoch, b = key
         idx = self.batches(epoch)[b]
         seed = _mix(self.params.seed, epoch, b, self.processes.rank)
@@ -257,7 +257,7 @@ class AugmentedBatches(torch.utils.data.Dataset):
         y = torch.from_numpy(self.labels[idx])
         # Its own stream, so that turning mixing on leaves the other augmentations as they were.
         rng = np.random.default_rng(_mix(seed, 1))
-        x, partner, lam = mix(x, y, self.params.augment, rng)
+        x, partner, lam = mix_batch(x, y, self.params.augment, rng)
         return to_input(x), y, partner, torch.tensor(lam)
 
 

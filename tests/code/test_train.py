@@ -286,21 +286,21 @@ def test_each_process_gets_a_disjoint_share_of_every_batch(world):
 
 
 def test_mixing_off_changes_nothing():
-    from pneumonia.train import mix
+    from pneumonia.train import mix_batch
 
     x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 0, 1, 1, 0])
-    mixed, partner, lam = mix(x, y, Augment(), np.random.default_rng(0))
+    mixed, partner, lam = mix_batch(x, y, Augment(), np.random.default_rng(0))
     assert mixed is x and torch.equal(partner, y) and lam == 1.0
 
 
 def test_mixup_blends_each_image_with_its_partner_by_lam():
-    from pneumonia.train import mix
+    from pneumonia.train import mix_batch
 
     # Image i is uniformly i/10: a blend is lam * own + (1 - lam) * partner's value everywhere.
     n = 8
     x = (torch.arange(n, dtype=torch.float32) / 10).view(n, 1, 1, 1).expand(n, 1, 4, 4)
     y = torch.arange(n) % 2
-    mixed, partner, lam = mix(x, y, Augment(mixup=0.4), np.random.default_rng(3))
+    mixed, partner, lam = mix_batch(x, y, Augment(mixup=0.4), np.random.default_rng(3))
     assert 0 < lam < 1
     partner_index = ((mixed[:, 0, 0, 0] - lam * x[:, 0, 0, 0]) / (1 - lam) * 10).round().long()
     assert sorted(partner_index.tolist()) == list(range(n))  # a permutation of the batch
@@ -309,13 +309,13 @@ def test_mixup_blends_each_image_with_its_partner_by_lam():
 
 
 def test_cutmix_pastes_a_box_whose_share_is_one_minus_lam():
-    from pneumonia.train import mix
+    from pneumonia.train import mix_batch
 
     n = 8
     x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 20, 20).contiguous()
     y = torch.arange(n) % 2
     for seed in range(5):
-        mixed, partner, lam = mix(x, y, Augment(cutmix=1.0), np.random.default_rng(seed))
+        mixed, partner, lam = mix_batch(x, y, Augment(cutmix=1.0), np.random.default_rng(seed))
         own = (mixed == x).float().mean(dim=(1, 2, 3))
         moved = own < 1  # images whose partner is another image
         assert moved.any()
