@@ -20,8 +20,11 @@ with psycopg.connect(postgres.database_url(), autocommit=True) as conn:
 
 
 def throwaway() -> dict[str, str]:
-    """This process's environment, forcing the throwaway path whatever it uses itself."""
-    return {**os.environ, "PNEUMONIA_TEST_POSTGRES": "throwaway"}
+    """This process's environment, forcing the throwaway path whatever it uses itself: without
+    the DATABASE_URL that the Django test settings put there when this session also runs the
+    app's tests (the child would otherwise share this session's test database)."""
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    return {**env, "PNEUMONIA_TEST_POSTGRES": "throwaway"}
 
 
 def test_a_throwaway_server_starts_serves_and_is_gone_at_exit():
