@@ -9,11 +9,7 @@ set -euo pipefail
 data=$1
 out=$2
 export PYTHONPATH="$PWD/src:$PWD" PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  nproc
-  python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"
-} | tee "$out/machine.txt"
+bash bench/gpu_machine.sh "$out"
 prepared=$(mktemp -d)/prepared
 all=(
   "default"

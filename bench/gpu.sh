@@ -9,11 +9,7 @@ set -euo pipefail
 data=$1
 out=$2
 export PYTHONPATH="$PWD/src:$PWD" PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  nproc
-  python3 -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda)"
-} | tee "$out/machine.txt"
+bash bench/gpu_machine.sh "$out"
 python3 bench/seeds.py --data "$data" --device cuda --seeds 1 2 3 4 5 --precisions bf16 \
   --out "$out/seeds_cuda.json" 2>&1 | tee "$out/seeds_cuda.log"
 python3 bench/seeds.py --data "$data" --device cuda --seeds 1 2 3 4 5 --precisions bf16 \
