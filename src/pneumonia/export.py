@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-from pneumonia import config, served, tracking
+from pneumonia import catalogue, config, served, tracking
 from pneumonia.files import atomic_directory, atomic_write_text
 from pneumonia.metrics import classification_metrics
 from pneumonia.model import load_checkpoint, to_input
@@ -198,6 +199,15 @@ def guard_refusals(guard: Guard, images: np.ndarray, features: np.ndarray) -> fl
     return float((guard.uniform(images) | (guard.distance(features) > guard.threshold)).mean())
 
 
+def jpeg_files(images: np.ndarray, name: str) -> list[tuple[str, bytes]]:
+    """Each uint8 grayscale image as a JPEG file (quality 95), named ``{name} {index}``."""
+    files = []
+    for i, image in enumerate(images):
+        data = catalogue.encode(Image.fromarray(np.asarray(image)), "JPEG", quality=95)
+        files.append((f"{name} {i}", data))
+    return files
+
+
 def batched_probabilities(bundle: Bundle, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """The bundle's calibrated positive-class probability for each uint8 image."""
     return np.concatenate(
@@ -250,8 +260,10 @@ def export(
     With ``export.quantize: int8``, ``calibration`` (uint8 training images) sets the INT8
     activation ranges and ``test_split`` checks the served model's accuracy. ``guard_images``
     (training and validation images) fit the served model's guard (``fit_guard``); without
-    them the bundle has none and answers every image. ``model.json`` is written once, when the
-    served model has passed every check."""
+    them the bundle has none and answers every image. The bundle appears only when the
+    served model has passed every check. With a guard, ``guard.refused`` holds the share of
+    validation and test images it refuses and of ``pneumonia.catalogue``'s inputs that are not
+    chest X-rays (``not_chest_xray``, of ``guard.catalogue_images``)."""
     if params.quantize == "int8" and (calibration is None or test_split is None):
         raise QuantizeError("export.quantize int8 needs calibration images and the test split")
     with atomic_directory(out_dir) as staging:
@@ -307,6 +319,13 @@ def export(
                 test_features = pooled_features(bundle, test_split.images)
                 refused["test"] = guard_refusals(guard, test_split.images, test_features)
             manifest["guard"] = {**section, "refused": refused}
+            # Measured on the served bundle as uploads are decided, never used to fit anything.
+            (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            xrays = jpeg_files(val_images[: catalogue.XRAY_FILES], "validation image")
+            others = catalogue.not_chest_xrays(xrays)
+            refused["not_chest_xray"], manifest["guard"]["catalogue_images"] = (
+                catalogue.refused_share(Bundle(staging), others)
+            )
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         Bundle(staging)  # what is served loads and matches its manifest
     return manifest, served_probability

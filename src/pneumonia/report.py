@@ -134,10 +134,18 @@ def served_model(bundle_dir: Path) -> str | None:
     fitted_on = (manifest.get("calibration") or {}).get("fitted_on")
     if fitted_on:
         line += f" Probabilities calibrated on {fitted_on}."
-    refused = (manifest.get("guard") or {}).get("refused")
+    guard = manifest.get("guard") or {}
+    refused = guard.get("refused")
     if refused:
-        shares = ", ".join(f"{v:.1%} of {k}" for k, v in refused.items() if v is not None)
-        line += f" Its guard refuses {shares} X-rays as not chest X-rays."
+        splits = ("validation", "test")
+        shares = ", ".join(f"{refused[k]:.1%} of {k}" for k in splits if refused.get(k) is not None)
+        line += f" Its guard refuses {shares} X-rays as not chest X-rays"
+        if refused.get("not_chest_xray") is not None:
+            line += (
+                f", and {refused['not_chest_xray']:.1%} of a catalogue of "
+                f"{guard.get('catalogue_images')} images that are not chest X-rays"
+            )
+        line += "."
     else:
         line += " No guard: it answers every image, whatever it shows."
     return line

@@ -29,7 +29,14 @@ def test_served_model_line_for_float_int8_and_no_bundle(tmp_path):
     assert line.startswith("Served model: INT8 ONNX, 1.0 MiB")
     assert "test accuracy 0.9000 (trained model 0.9100), 3 of 316 test decisions" in line
     assert "Probabilities calibrated on site (158 images)." in line
-    assert "Its guard refuses 0.6% of validation, 0.3% of test X-rays" in line
+    assert "Its guard refuses 0.6% of validation, 0.3% of test X-rays as not chest X-rays." in line
+    # a bundle exported since the catalogue was measured says that rate too
+    guard["refused"]["not_chest_xray"], guard["catalogue_images"] = 0.9938, 323
+    (tmp_path / "model.json").write_text(json.dumps({**manifest, "guard": guard}))
+    assert served_model(tmp_path).endswith(
+        "Its guard refuses 0.6% of validation, 0.3% of test X-rays as not chest X-rays, and "
+        "99.4% of a catalogue of 323 images that are not chest X-rays."
+    )
 
 
 def test_training_line_names_the_kept_epoch_and_reads_older_summaries(tmp_path):

@@ -95,7 +95,8 @@ def test_bundle_is_consistent_with_the_repo(repro):
     guard = manifest["guard"]  # fitted on this tiny model; how good it is: bench/guard.py
     val_counts = json.loads((repo / "metrics/data.json").read_text())["counts"]["val"]
     assert guard["fitted_on"]["validation_images"] == sum(val_counts.values())
-    assert set(guard["refused"]) == {"validation", "test"}
+    assert set(guard["refused"]) == {"validation", "test", "not_chest_xray"}
+    assert guard["catalogue_images"] > 250 and 0 < guard["refused"]["not_chest_xray"] <= 1
     assert Bundle(repo / "models/bundle").guard is not None
     # The model behind the guard answers a full-size original (a 1-epoch model's guard,
     # fitted on a few images, may refuse it, as it should refuse what it does not know).

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumonia.export import fit_guard
+from pneumonia.catalogue import not_chest_xrays, refused_share
+from pneumonia.export import fit_guard, jpeg_files
 from pneumonia.serving import Bundle, Guard, NotAChestXray, read_image
 from tests.bundles import EXPORT_PARAMS, calibrated_model, make_bundle, real_images
 from tests.conftest import DATASET, require_data
@@ -71,6 +72,21 @@ def test_the_bundle_carries_its_guard_and_what_it_refuses(guarded):
     refused = section["refused"]
     assert refused["validation"] <= 1 / 16  # the 0.995 quantile of 16 images: at most one
     assert refused["test"] is None  # make_bundle gives export no test split
+
+
+def test_export_measures_the_guard_on_the_catalogue_of_other_images(guarded):
+    section = json.loads((guarded.onnx_path.parent / "model.json").read_text())["guard"]
+    # the catalogue's damaged and tiny X-ray copies come from the validation images export had
+    groups = not_chest_xrays(jpeg_files(real_images("val", 8, SIZE), "validation image"))
+    assert len(groups["real X-rays shrunk to 32 x 32"]) == 16
+    share, count = refused_share(guarded, groups)
+    assert section["catalogue_images"] == count > 250
+    assert section["refused"]["not_chest_xray"] == share
+    # whatever the model, the cheap checks refuse flat images and 32 x 32 copies, and damaged
+    # files are unreadable: a share below theirs would mean the measure skipped inputs
+    sure = ("synthetic: flat", "real X-rays shrunk to 32 x 32")
+    sure += ("X-ray JPEGs that lost their second half",)
+    assert share >= sum(len(groups[g]) for g in sure) / count
 
 
 @pytest.mark.parametrize(

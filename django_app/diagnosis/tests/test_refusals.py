@@ -83,6 +83,12 @@ def test_the_model_card_says_what_the_guard_refuses(clinician):
     card = logged_in(clinician).get("/model").content.decode()
     assert 'id="guard"' in card and "Real chest X-rays refused" in card
     assert "validation split" in card
+    assert "% of the test split" not in card  # this bundle was exported without one
+    catalogue = inference.get_model().manifest["guard"]
+    shown = f"{100 * catalogue['refused']['not_chest_xray']:.1f}% of a catalogue of"
+    assert f"Images that are not chest X-rays refused: {shown} {catalogue['catalogue_images']}" in (
+        card
+    )
 
 
 def test_the_worker_warm_up_does_not_trip_the_guard():
