@@ -1,6 +1,7 @@
 """The tables of docs/model-quality.md "Approaches side by side" from bench/approaches.sh's
 output: per approach (mean ± sd over seeds, worst seed) and per seed, with what validation says
-(the only split that may choose), and a compact JSON without the logits.
+(the only split that may choose), and a compact JSON without the logits. A study run with
+``--distill`` adds its students as the approach ``NAME: students``.
 
     python bench/approaches_table.py OUT_DIR [--prepared data/prepared] [--json summary.json]
 
@@ -38,8 +39,9 @@ def validation_scores(logits: list, labels: np.ndarray, calibration: str) -> dic
     return {"roc_auc": roc_auc_score(labels, logits[:, 1] - logits[:, 0]), "nll": float(nll)}
 
 
-def summarize(study: dict, labels: np.ndarray, calibration: str) -> dict:
-    """One approach: its runs' test scores and validation scores, its ensembles, no logits."""
+def summarize(study: dict, labels: np.ndarray, calibration: str, students: bool = False) -> dict:
+    """One approach: its runs' (``students``: its distilled students') test scores and
+    validation scores, its ensembles, no logits."""
     runs = [
         {
             "seed": r["seed"],
@@ -48,9 +50,10 @@ def summarize(study: dict, labels: np.ndarray, calibration: str) -> dict:
             "validation": validation_scores(r["logits"]["val"], labels, calibration),
             "test": r["test"],
         }
-        for r in study["runs"]
+        for r in study["students" if students else "runs"]
     ]
-    return {"train": study["train"], "runs": runs, "ensembles": study["ensembles"]}
+    ensembles = [] if students else study["ensembles"]
+    return {"train": study["train"], "runs": runs, "ensembles": ensembles}
 
 
 def mean_sd_worst(values: list[float]) -> str:
@@ -73,9 +76,9 @@ def tables(approaches: dict[str, dict]) -> list[str]:
             cells += [f"{mean(r['test'][choice][m] for r in a['runs']):.3f}" for m in METRICS[1:]]
             val = f"{val_auc:.4f} | {val_nll:.4f}" if choice == "last" else "| "
             lines.append(f"| {name} | {choice} | {val} | " + " | ".join(cells) + " |")
-        ensemble = next(e for e in a["ensembles"] if not e["flip"])
-        cells = " | ".join(f"{ensemble['test'][m]:.3f}" for m in METRICS)
-        lines.append(f"| {name} | ensemble of {ensemble['seeds']} | | | {cells} |")
+        for ensemble in (e for e in a["ensembles"] if not e["flip"]):
+            cells = " | ".join(f"{ensemble['test'][m]:.3f}" for m in METRICS)
+            lines.append(f"| {name} | ensemble of {ensemble['seeds']} | | | {cells} |")
     lines += [
         "",
         "| approach | seed | train s (GPU) | val AUC | val NLL | test accuracy | sensitivity | "
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(study["runs"][0]["logits"]["val"]) != len(labels):
             parser.error(f"{path}: its validation split is not the one in {args.prepared}")
         approaches[path.stem] = summarize(study, labels, calibration)
+        if study.get("students"):  # bench/seeds.py --distill
+            approaches[f"{path.stem}: students"] = summarize(study, labels, calibration, True)
     if not approaches:
         parser.error(f"no bench/seeds.py results in {args.out_dir}")
     print("\n".join(tables(approaches)))

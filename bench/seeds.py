@@ -18,9 +18,12 @@ threshold fitted on validation, test expected calibration error after calibratio
                  images"); validation keeps the training statistics
 
 and, per precision, the deep ensembles of all its seeds (averaged logits, with and without
-flip averaging). Writes every run to ``--out`` (JSON) and prints Markdown tables: mean,
-standard deviation and range over the seeds. On a GPU, ``fp32`` turns TF32 off so that it
-means fp32 arithmetic.
+flip averaging). ``--distill``: then one student per seed (seed + 100) trained the same way
+with the ensemble of that precision's runs as its teacher (``train.Distillation``: half the
+loss is the KL divergence to the ensemble's averaged logits at temperature 2), scored alike:
+the ensemble's accuracy at one model's serving cost? Writes every run to ``--out`` (JSON) and
+prints Markdown tables: mean, standard deviation and range over the seeds. On a GPU, ``fp32``
+turns TF32 off so that it means fp32 arithmetic.
 """
 
 from __future__ import annotations
@@ -48,13 +51,14 @@ from pneumonia.params import Params, as_dict
 from pneumonia.params import parse as parse_params
 from pneumonia.prepare import prepare
 from pneumonia.prepared import PreparedSplit, load_split, write_split
-from pneumonia.train import Processes, train
+from pneumonia.train import Distillation, Processes, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CHOICES = ("best_val_loss", "last", "last_flip", "last_bn_target")
 REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")
 QUICK = {"epochs": 2, "batch_size": 16}
+STUDENT_SEED = 100  # a student's seed is its teacher run's plus this
 
 
 def subset(split: PreparedSplit, per_class: int) -> PreparedSplit:
@@ -101,8 +105,23 @@ def score(val_logits, test_logits, labels: dict, params) -> dict[str, float]:
     return {k: test[k] for k in REPORTED}
 
 
+def ensemble_teacher(paths: list[str], input_norm: str, device: str) -> Distillation:
+    """Distillation from the models saved at ``paths``: their averaged logits, in eval mode."""
+    models = []
+    for path in paths:
+        model = build_model("none", input_norm)
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        models.append(model.to(device, memory_format=torch.channels_last).eval())
+
+    def teacher(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([model(x).float() for model in models]).mean(dim=0)
+
+    return Distillation(teacher)
+
+
 def one_run(job: dict) -> dict:
-    """Train one (seed, precision); score each choice of weights on the test split."""
+    """Train one (seed, precision), from ``job["teachers"]`` when given (distillation); score
+    each choice of weights on the test split; keep the last weights in ``job["save"]``."""
     torch.set_num_threads(job["threads"])
     device = job["device"]
     if device.startswith("cuda"):
@@ -121,8 +140,14 @@ def one_run(job: dict) -> dict:
     model = build_model("none", params.input_norm)
     started = time.perf_counter()
     processes = Processes(device=device)
-    last, history, _ = train(model, splits["train"], splits["val"], params, keep, processes)
+    teachers = job.get("teachers")
+    distillation = ensemble_teacher(teachers, params.input_norm, device) if teachers else None
+    last, history, _ = train(
+        model, splits["train"], splits["val"], params, keep, processes, distillation
+    )
     seconds = time.perf_counter() - started
+    if job.get("save"):
+        torch.save(last.state_dict(), job["save"])
     # Steady state: the median epoch after the first (start-up, loader workers, kernel tuning).
     epoch_seconds = statistics.median(r["epoch_seconds"] for r in history[1:] or history)
     labels = {s: splits[s].labels for s in ("val", "test")}
@@ -196,6 +221,16 @@ def table(runs: list[dict], metric: str) -> list[str]:
     return lines + [""]
 
 
+def run_all(jobs: list[dict], pool) -> list[dict]:
+    """``one_run`` of each job, in ``pool`` when given; each printed as it ends."""
+    runs = []
+    for run in pool.imap_unordered(one_run, jobs) if pool else map(one_run, jobs):
+        shown = {k: v for k, v in run.items() if k != "logits"}
+        print(json.dumps(shown), flush=True)  # what is done, should the rest not finish
+        runs.append(run)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -208,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prepared", type=Path, help="prepared splits to use, or where to keep --data prepared"
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--distill", action="store_true", help="then a student per seed")
     parser.add_argument(
         "--set",
         action="append",
@@ -241,22 +277,29 @@ def main(argv: list[str] | None = None) -> int:
                 "prepared": str(folder),
                 "train": train_params,
                 "evaluate": params.evaluate,
+                "save": str(Path(scratch) / f"model-{precision}-{seed}.pt") if args.distill else "",
             }
             for seed in args.seeds
             for precision in args.precisions
         ]
-        runs = []
         # In this process when one at a time: a pool's workers may not start loader workers.
         pool = multiprocessing.get_context("spawn").Pool(args.jobs) if args.jobs > 1 else None
-        for run in pool.imap_unordered(one_run, jobs) if pool else map(one_run, jobs):
-            shown = {k: v for k, v in run.items() if k != "logits"}
-            print(json.dumps(shown), flush=True)  # what is done, should the rest not finish
-            runs.append(run)
+        runs = run_all(jobs, pool)
+        students = []
+        if args.distill:
+            saved = {p: [j["save"] for j in jobs if j["precision"] == p] for p in args.precisions}
+            taught = [
+                {**j, "seed": j["seed"] + STUDENT_SEED, "save": "", "teachers": saved[precision]}
+                for j in jobs
+                for precision in [j["precision"]]
+            ]
+            students = run_all(taught, pool)
         if pool:
             pool.close()
             pool.join()
         labels = {s: np.array(load_split(s, folder).labels) for s in ("val", "test")}
-    runs.sort(key=lambda r: (args.precisions.index(r["precision"]), r["seed"]))
+    for found in (runs, students):
+        found.sort(key=lambda r: (args.precisions.index(r["precision"]), r["seed"]))
     ensembles = [
         {
             "precision": precision,
@@ -282,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": args.device,
                 "runs": runs,
                 "ensembles": ensembles,
+                "students": students,
             },
             indent=2,
         )
@@ -296,10 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     for e in ensembles:
         cells = " | ".join(f"{e['test'][m]:.3f}" for m in REPORTED)
         print(f"| {e['precision']} | {e['seeds']} | {'yes' if e['flip'] else 'no'} | {cells} |")
+    if students:
+        print("Students distilled from the ensemble of their precision's runs, test split:\n")
+        for metric in REPORTED:
+            print("\n".join(table(students, metric)))
     print("\nTest accuracy of each run:\n")
     print("| precision | seed | best epoch | train s | images/s | " + " | ".join(CHOICES) + " |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(CHOICES))
-    for r in runs:
+    for r in runs + students:
         accs = " | ".join(f"{r['test'][c]['accuracy']:.3f}" for c in CHOICES)
         row = f"{r['precision']} | {r['seed']} | {r['best_epoch']} | {r['train_seconds']}"
         row += f" | {r['images_per_second']}"

@@ -122,6 +122,25 @@ def mix_batch(
     return x, y[partner], 1 - h * w / (height * width)
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation (Hinton et al. 2015): the loss of a batch becomes
+    ``(1 - weight) * loss + weight * temperature**2 * KL(teacher || student)`` on the logits
+    softened by ``temperature``; ``teacher`` maps the batch the student sees (augmented, mixed)
+    to logits, for example a deep ensemble's averaged ones. Benchmarks only (bench/seeds.py)."""
+
+    teacher: Callable[[torch.Tensor], torch.Tensor]
+    weight: float = 0.5
+    temperature: float = 2.0
+
+    def loss(self, x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(x).float() / self.temperature, dim=1)
+        student = F.log_softmax(logits.float() / self.temperature, dim=1)
+        kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+        return (1 - self.weight) * loss + self.weight * self.temperature**2 * kl
+
+
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
     """``balanced``: n / (classes * n_c) per class, so both classes weigh the same; ``none``."""
     if mode == "none":
@@ -305,6 +324,7 @@ def train(
     params: TrainParams,
     on_epoch: Callable[[dict[str, float], nn.Module], None] = lambda record, model: None,
     processes: Processes | None = None,
+    distillation: Distillation | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
     """Train ``model`` (from ``build_model``); return it (eval mode, on the CPU), the per-epoch
     history, and a record of the epoch whose weights are returned.
@@ -317,6 +337,7 @@ def train(
     ``torch.distributed`` group when there are several) and its device; by default one process
     on the CPU. Each process trains on its share of every batch of ``params.batch_size``; the
     main process validates and decides, and its returned model is the one to keep.
+    ``distillation``: also learn from a teacher's logits (``Distillation``).
     """
     processes = processes or Processes()
     device = processes.device
@@ -373,6 +394,8 @@ def train(
                 if lam < 1:
                     partner = partner.to(device, non_blocking=True)
                     loss = lam * loss + (1 - lam) * criterion(logits.float(), partner)
+                if distillation is not None:
+                    loss = distillation.loss(x, logits, loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -340,3 +340,35 @@ def test_training_with_mixup_and_cutmix_runs_and_differs(small_dataset):
     ]
     (_, plain, _), (_, mixed, _) = runs
     assert plain[0]["train_loss"] != pytest.approx(mixed[0]["train_loss"], rel=1e-6)
+
+
+def test_distillation_pulls_the_student_to_its_teacher(small_dataset):
+    """With all the weight on the teacher, a student learns the teacher's answers, not the
+    labels: here a teacher that calls every image NORMAL, seeing each batch the student sees."""
+    from pneumonia.model import predict_logits
+    from pneumonia.prepare import prepare
+    from pneumonia.train import Distillation, train
+
+    splits, _ = prepare(small_dataset, 32, 0.2, seed=1, out_dir=small_dataset.parent / "p")
+    params = replace(TRAIN_PARAMS, epochs=2, select="last")
+    seen = []
+
+    def teacher(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        return torch.tensor([[4.0, -4.0]]).expand(len(x), 2)
+
+    distilled = Distillation(teacher, weight=1.0, temperature=1.0)
+    normal = []
+    for distillation in (None, distilled):
+        model, _, _ = train(
+            torch.manual_seed(0) and build_model("none"),
+            splits["train"],
+            splits["val"],
+            params,
+            distillation=distillation,
+        )
+        logits = torch.from_numpy(predict_logits(model, splits["val"].images))
+        normal.append(torch.softmax(logits, 1)[:, 0].mean().item())
+    assert normal[1] > 0.8 and normal[1] > normal[0] + 0.3, normal  # seen: 0.33 -> 0.88
+    steps = -(-len(splits["train"].labels) // params.batch_size)  # the last batch is smaller
+    assert len(seen) == params.epochs * steps and all(s[1:] == (3, 32, 32) for s in seen)

@@ -98,6 +98,19 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     run(single, REPO, tool_env())
     one = json.loads(out.read_text())
     assert one["ensembles"][0]["test"] == pytest.approx(one["runs"][0]["test"]["last"], abs=1e-4)
+    # --distill: then a student per seed, taught by the ensemble of the runs
+    distill = [*command[:5], "--seeds", "1", "2", "--precisions", "fp32", "--distill"]
+    shown = run([*distill, "--out", str(out)], REPO, tool_env()).stdout
+    assert "Students distilled from the ensemble" in shown
+    study = json.loads(out.read_text())
+    assert [r["seed"] for r in study["students"]] == [101, 102]
+    for student in study["students"]:
+        assert set(student["test"]["last"]) == reported
+        assert all(student["logits"]["test"] != r["logits"]["test"] for r in study["runs"])
+    shown = run([*tables, "--prepared", str(tmp_path / "prepared")], REPO, tool_env()).stdout
+    assert "| seeds: students | last |" in shown
+    students = json.loads(summary.read_text())["seeds: students"]
+    assert [r["seed"] for r in students["runs"]] == [101, 102] and students["ensembles"] == []
 
 
 def write_prepared(folder, size: int) -> None:
