@@ -3,6 +3,9 @@ refusal kept in the history (issue 15), with a bundle whose guard the export sta
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -89,6 +92,23 @@ def test_the_model_card_says_what_the_guard_refuses(clinician):
     assert f"Images that are not chest X-rays refused: {shown} {catalogue['catalogue_images']}" in (
         card
     )
+
+
+def test_a_bundle_exported_before_the_catalogue_shows_only_its_xray_rates(
+    clinician, bundle_dir, settings, tmp_path
+):
+    """The champion on main was exported before export measured the catalogue: its card says
+    nothing of it rather than a blank rate."""
+    older = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, older)
+    manifest = json.loads((older / "model.json").read_text())
+    del manifest["guard"]["catalogue_images"], manifest["guard"]["refused"]["not_chest_xray"]
+    (older / "model.json").write_text(json.dumps(manifest))
+    settings.MODEL_DIR = older
+    inference.reset()
+    card = logged_in(clinician).get("/model").content.decode()
+    inference.reset()
+    assert "Real chest X-rays refused" in card and "not chest X-rays refused" not in card
 
 
 def test_the_worker_warm_up_does_not_trip_the_guard():
