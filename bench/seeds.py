@@ -4,10 +4,11 @@ autocast) and per way of choosing the weights, all from the same runs.
     python bench/seeds.py --seeds 1 2 3 4 5 --precisions fp32 bf16 [--device cuda] [--jobs 4]
     python bench/seeds.py --quick        # tiny, to check the script runs (tests)
 
-Trains the ``train`` section of params.yaml from random init (``train.weights=none``) on the
-prepared splits (``data/prepared/``, or ``--data`` prepared here with the ``prepare`` params)
-and scores each run's weights on the test split as the evaluate stage does (calibration and
-threshold fitted on validation, test expected calibration error after calibration):
+Trains the ``train`` section of params.yaml from random init (``train.weights=none``; or from
+``--weights``, a backbone file such as bench/ssl_pretrain.py writes) on the prepared splits
+(``data/prepared/``, or ``--data`` prepared here with the ``prepare`` params) and scores each
+run's weights on the test split as the evaluate stage does (calibration and threshold fitted on
+validation, test expected calibration error after calibration):
 
   best_val_loss  the epoch with the lowest validation loss
   last           the last epoch, the end of the schedule (the default, ``train.select``)
@@ -137,7 +138,7 @@ def one_run(job: dict) -> dict:
             best.update(record, state=state)
 
     torch.manual_seed(job["seed"])  # the head's init, as the train stage does
-    model = build_model("none", params.input_norm)
+    model = build_model(params.weights, params.input_norm)
     started = time.perf_counter()
     processes = Processes(device=device)
     teachers = job.get("teachers")
@@ -245,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--distill", action="store_true", help="then a student per seed")
     parser.add_argument(
+        "--weights", type=Path, help="a ResNet18 backbone state dict to start from (default: none)"
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -264,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {key}: train has no such parameter")
         section[name] = yaml.safe_load(value)
     params = parse_params(raw)
-    train_params = replace(params.train, weights="none", **(QUICK if args.quick else {}))
+    weights = str(args.weights) if args.weights else "none"
+    train_params = replace(params.train, weights=weights, **(QUICK if args.quick else {}))
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch:
         folder = prepared_dir(args, params, Path(scratch))

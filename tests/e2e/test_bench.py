@@ -111,6 +111,17 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     assert "| seeds: students | last |" in shown
     students = json.loads(summary.read_text())["seeds: students"]
     assert [r["seed"] for r in students["runs"]] == [101, 102] and students["ensembles"] == []
+    # a backbone pre-trained without labels (SimCLR), then the seed study from it
+    backbone = tmp_path / "ssl" / "backbone.pth"
+    ssl = [sys.executable, "bench/ssl_pretrain.py", "--quick", "--out", str(backbone)]
+    run([*ssl, "--prepared", str(tmp_path / "prepared")], REPO, tool_env())
+    assert json.loads(backbone.with_suffix(".json").read_text())["epochs"] == 2
+    from_ssl = [*single[:-2], "--weights", str(backbone), "--out", str(out)]
+    run(from_ssl, REPO, tool_env())
+    study = json.loads(out.read_text())
+    assert study["train"]["weights"] == str(backbone)
+    # the same seed from random init (`one`) trains another model
+    assert study["runs"][0]["logits"]["test"] != one["runs"][0]["logits"]["test"]
 
 
 def write_prepared(folder, size: int) -> None:
