@@ -10,7 +10,8 @@ Each training image is augmented twice, more strongly than the supervised traini
 noise: ``train.augment`` with these settings); the network (``train.input_norm`` as in
 params.yaml) and a projection head learn to tell each image's pair among the batch's 2N views
 (NT-Xent loss, temperature ``TEMPERATURE``). Trains for ``--epochs``, or as many epochs as fit
-in ``--minutes`` (the first epoch times the rest), with a cosine schedule. Writes the backbone's
+in ``--minutes``, at least 2 (the second epoch times the rest; session 9's measurement, before that
+fix, timed from the first and used 104 s of 3 min), with a cosine schedule. Writes the backbone's
 state dict (no head): a file ``train.weights`` accepts (``bench/seeds.py --weights``).
 """
 
@@ -141,8 +142,13 @@ def pretrain(
             total += loss.item()
             step += 1
         seconds = time.perf_counter() - started
-        if epoch == 1 and minutes is not None and epochs is None:
-            planned = max(1, int(minutes * 60 / seconds))
+        if minutes is not None and epochs is None and epoch <= 2:
+            # The first epoch includes the loader's start: the second one times the rest.
+            left = minutes * 60 - sum(h["seconds"] for h in history) - seconds
+            if epoch == 1:  # provisional, for the schedule of the second epoch
+                planned = max(2, int(minutes * 60 / seconds))
+            else:
+                planned = max(2, 2 + int(left / seconds))
         history.append({"epoch": epoch, "loss": total / steps_per_epoch, "seconds": seconds})
         print(
             f"epoch {epoch}/{planned}: loss {history[-1]['loss']:.4f} | {seconds:.1f}s",
