@@ -80,8 +80,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 
 
 def learning_rate_factor(step: int, steps_per_epoch: int, epochs: int) -> float:
-    """A linear warm-up over the first epoch (whose length sets how many epochs fit in the time
-    budget), then a cosine decay to 0 over the other ``epochs - 1``."""
+    """A linear warm-up over the first epoch, then a cosine decay to 0 over the other
+    ``epochs - 1``."""
     if step < steps_per_epoch:
         return (step + 1) / steps_per_epoch
     progress = (step - steps_per_epoch) / max(1, (epochs - 1) * steps_per_epoch)
