@@ -34,7 +34,7 @@ from pneumonia.model import resnet18, to_input
 from pneumonia.params import load as load_params
 from pneumonia.prepare import prepare
 from pneumonia.prepared import load_split
-from pneumonia.train import _mix, augment, resolve_loader_workers
+from pneumonia.train import EpochSampler, _mix, augment, resolve_loader_workers
 
 CROP_SCALE = 0.3
 TEMPERATURE = 0.2
@@ -110,6 +110,15 @@ def pretrain(
     views = Views(images, batch_size, seed, augment_params)
     device_type = torch.device(device).type
     workers = resolve_loader_workers("auto", device_type, 1)
+    sampler = EpochSampler(len(views))
+    loader = torch.utils.data.DataLoader(
+        views,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device_type == "cuda",
+        persistent_workers=workers > 0,
+    )
     history: list[dict] = []
     planned = epochs or 1
     step, steps_per_epoch = 0, len(views)
@@ -119,14 +128,7 @@ def pretrain(
         started = time.perf_counter()
         model.train()
         total = 0.0
-        keys = [(epoch, b) for b in range(steps_per_epoch)]
-        loader = torch.utils.data.DataLoader(
-            views,
-            batch_size=None,
-            sampler=keys,
-            num_workers=workers,
-            pin_memory=device_type == "cuda",
-        )
+        sampler.epoch = epoch
         for x1, x2 in loader:
             for group in optimizer.param_groups:
                 group["lr"] = lr * learning_rate_factor(step, steps_per_epoch, planned)
