@@ -320,11 +320,11 @@ def export(
                 refused["test"] = guard_refusals(guard, test_split.images, test_features)
             manifest["guard"] = {**section, "refused": refused}
             # Measured on the served bundle as uploads are decided, never used to fit anything.
-            (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            guarded = Bundle.from_parts(staging / "model.onnx", manifest)
             xrays = jpeg_files(val_images[: catalogue.XRAY_FILES], "validation image")
             others = catalogue.not_chest_xrays(xrays)
             refused["not_chest_xray"], manifest["guard"]["catalogue_images"] = (
-                catalogue.refused_share(Bundle(staging), others)
+                catalogue.refused_share(guarded, others)
             )
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         Bundle(staging)  # what is served loads and matches its manifest
