@@ -8,7 +8,9 @@ change, under new patient ids (``person12_...`` -> ``person3012_...`` for copy 3
 patient split, the duplicate check and every stage see realistic, distinct images. Each scale
 runs the four stage commands (``python -m pneumonia.<stage>``) one after the other in a copy of
 the project, with small training settings so that 10x fits a CPU runner's hour (they do not
-change how the cost grows): ``prepare.image_size`` 64, one epoch.
+change how the cost grows): ``prepare.image_size`` 64, one epoch. The export stage still builds
+and checks the INT8 model, but its accuracy check may not refuse it: a one-epoch model's
+decisions on a few test images are noise, and this measures cost, not accuracy.
 
 Memory is sampled every 20 ms from /proc: peak RSS, and peak anonymous RSS (the process's own
 memory; the rest of RSS is file pages of the memory-mapped arrays, which the kernel can drop
@@ -40,7 +42,7 @@ STAGES = ("prepare", "train", "evaluate", "export")
 SETTINGS = {
     "prepare": {"image_size": 64},
     "train": {"weights": "none", "epochs": 1},
-    "export": {"calibration_images": 64},
+    "export": {"calibration_images": 64, "max_accuracy_drop": 1.0},
 }
 QUICK = {"train": 6, "val": 2, "test": 4}  # images per class and split of the real data
 PATIENT = re.compile(r"^(person|NORMAL2-IM-|IM-)(\d+)")
@@ -146,7 +148,9 @@ def run_stage(stage: str, root: Path, log: Path) -> dict[str, float]:
         sampler.join()
     seconds = time.perf_counter() - started
     if code != 0:
-        raise SystemExit(f"{stage} exited {code}; see {log}")
+        # The log lies in the scratch folder, which is removed on the way out: show its end.
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-30:])
+        raise SystemExit(f"{stage} exited {code}; the end of its output:\n{tail}")
     return {
         "seconds": round(seconds, 1),
         "rss_mib": peak["rss"] // 1024,
