@@ -1,14 +1,17 @@
-"""INT8 variant of a serving bundle: onnxruntime static quantisation of the convolutions.
+"""INT8 variant of a serving bundle: onnxruntime static quantisation.
 
     python -m pneumonia.quantize [--bundle models/bundle] [--out models/bundle-int8]
                                  [--calibration-images N]  (default: params.yaml)
 
 Weights are quantised per output channel (int8), activations per tensor (uint8) with ranges
 measured on real training images (never validation or test ones, which judge the result), in
-the QDQ format. Only Conv nodes are quantised: the in-graph standardisation, the pooling and the
-2-class head stay in float. The result is a complete bundle (model.json updated with the new
-sha256 and a ``quantization`` entry) that ``pneumonia.serving.Bundle`` and the web app load
-unchanged. Its accuracy against the float model: ``bench/inference.py``.
+the QDQ format. From the first convolution to the last feature map everything runs in INT8 (the
+convolutions, the residual additions, their ReLUs, the max pooling); the in-graph
+standardisation before it, the average pooling and the 2-class head stay in float. The result
+is a complete bundle (model.json updated with the new sha256 and a ``quantization`` entry) that
+``pneumonia.serving.Bundle`` and the web app load unchanged. Its accuracy against the float
+model: ``bench/inference.py``; against quantising the convolutions only:
+``bench/quantization.py``.
 """
 
 from __future__ import annotations
@@ -26,9 +29,29 @@ from pneumonia import config
 from pneumonia.files import atomic_directory
 from pneumonia.serving import Bundle, BundleError, sha256_file
 
+# Quantising the additions and ReLUs as well as the convolutions keeps activations in INT8
+# between convolutions instead of dequantising them at each skip connection (docs/benchmarks.md).
+QUANTIZED_OPS = ["Conv", "Add", "Relu", "MaxPool"]
+
 
 class QuantizeError(RuntimeError):
     """Bad input for quantisation; the message says what to do."""
+
+
+def standardisation_nodes(graph) -> list[str]:
+    """Names of the nodes that compute the first convolution's input: the in-graph
+    standardisation (a variance, a square root), which must stay in float."""
+    producers = {out: node for node in graph.node for out in node.output}
+    first_conv = next((n for n in graph.node if n.op_type == "Conv"), None)
+    if first_conv is None:
+        raise QuantizeError("the model has no convolution: export it with pneumonia.export")
+    names, pending = set(), [first_conv.input[0]]
+    while pending:
+        node = producers.get(pending.pop())
+        if node is not None and node.name not in names:
+            names.add(node.name)
+            pending.extend(node.input)
+    return sorted(names)
 
 
 def calibration_sample(images: np.ndarray, labels: np.ndarray, count: int, seed: int = 0):
@@ -47,9 +70,13 @@ def calibration_sample(images: np.ndarray, labels: np.ndarray, count: int, seed:
     return images[np.sort(picked)]
 
 
-def quantize_onnx(float_onnx: Path, out_onnx: Path, inputs: list[np.ndarray]) -> None:
+def quantize_onnx(
+    float_onnx: Path, out_onnx: Path, inputs: list[np.ndarray], ops: list[str] = QUANTIZED_OPS
+) -> None:
     """Write the INT8 (QDQ) version of ``float_onnx`` to ``out_onnx``; activation ranges are
-    measured on ``inputs`` (model inputs ``image``, already preprocessed)."""
+    measured on ``inputs`` (model inputs ``image``, already preprocessed). ``ops``: the
+    operator types to quantise (bench/quantization.py compares sets)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -78,7 +105,8 @@ def quantize_onnx(float_onnx: Path, out_onnx: Path, inputs: list[np.ndarray]) ->
             str(out_onnx),
             Reader(),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
+            op_types_to_quantize=list(ops),
+            nodes_to_exclude=standardisation_nodes(onnx.load(str(prepared)).graph),
             per_channel=True,
             reduce_range=True,
             activation_type=QuantType.QUInt8,
@@ -91,13 +119,16 @@ def quantization_entry(calibration_images: int, float_sha256: str) -> dict:
     """What ``model.json`` says about an INT8 model."""
     return {
         "method": "onnxruntime static, QDQ: Conv weights int8 per channel in a 7-bit range "
-        "(no saturation on CPUs without VNNI), activations uint8",
+        "(no saturation on CPUs without VNNI), activations uint8 from the first convolution "
+        "to the last feature map (convolutions, residual additions, ReLUs, max pooling)",
         "calibration_images": int(calibration_images),
         "float_onnx_sha256": float_sha256,
     }
 
 
-def quantize_model(bundle: Bundle, out_onnx: Path, calibration: np.ndarray) -> None:
+def quantize_model(
+    bundle: Bundle, out_onnx: Path, calibration: np.ndarray, ops: list[str] = QUANTIZED_OPS
+) -> None:
     """Write the INT8 version of ``bundle``'s float model to ``out_onnx``, its activation ranges
     measured on ``calibration`` (uint8 N x S x S), preprocessed as the bundle says."""
     if calibration.ndim != 3 or calibration.shape[1:] != (bundle.size, bundle.size):
@@ -106,7 +137,7 @@ def quantize_model(bundle: Bundle, out_onnx: Path, calibration: np.ndarray) -> N
             f"{bundle.size}: prepare the data with the bundle's image size"
         )
     inputs = [bundle.preprocess(calibration[i : i + 1]) for i in range(len(calibration))]
-    quantize_onnx(bundle.onnx_path, out_onnx, inputs)
+    quantize_onnx(bundle.onnx_path, out_onnx, inputs, ops)
 
 
 def quantized(bundle: Bundle, out_onnx: Path, calibration: np.ndarray) -> dict:

@@ -13,7 +13,14 @@ from pneumonia.config import LABELS
 from pneumonia.export import export
 from pneumonia.params import ExportParams
 from pneumonia.prepared import PreparedSplit
-from pneumonia.quantize import QuantizeError, calibration_sample, main, quantize_bundle
+from pneumonia.quantize import (
+    QUANTIZED_OPS,
+    QuantizeError,
+    calibration_sample,
+    main,
+    quantize_bundle,
+    standardisation_nodes,
+)
 from pneumonia.serving import Bundle
 from tests.bundles import (
     BUNDLE_METRICS,
@@ -65,6 +72,28 @@ def test_int8_outputs_follow_the_float_model_on_unseen_images(float_bundle, int8
     assert margin(float_logits).std() > 1e-3, "degenerate model: the comparison proves nothing"
     assert np.corrcoef(margin(float_logits), margin(int8_logits))[0, 1] > 0.95
     assert not np.array_equal(float_logits, int8_logits), "the INT8 model must differ: quantised"
+
+
+def test_int8_graph_quantises_the_residual_path_and_keeps_the_standardisation_float(
+    int8_bundle,
+):
+    import onnx
+
+    graph = onnx.load(int8_bundle / "model.onnx").graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    standardisation = set(standardisation_nodes(graph))
+    float_ops = {n.op_type for n in graph.node if n.name in standardisation}
+    assert {"ReduceMean", "Sqrt", "Div"} <= float_ops, "the standardisation was not found"
+    for node in graph.node:
+        if node.name in standardisation:
+            assert not set(node.input) & dequantized, f"{node.name} of the standardisation is INT8"
+    path = [n for n in graph.node if n.op_type in QUANTIZED_OPS and n.name not in standardisation]
+    # The quantiser folds a ReLU that follows a convolution into its output range.
+    assert {"Conv", "Add", "MaxPool"} <= {n.op_type for n in path}
+    assert sum(n.op_type == "Add" for n in path) == 8, "ResNet18 has 8 residual additions"
+    for node in path:
+        activations = [i for i in node.input[: 1 if node.op_type == "Conv" else None] if i]
+        assert set(activations) <= dequantized, f"{node.op_type} {node.name} runs in float"
 
 
 def test_calibration_sample_takes_both_classes_reproducibly():
