@@ -124,10 +124,10 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     assert study["runs"][0]["logits"]["test"] != one["runs"][0]["logits"]["test"]
 
 
-def write_prepared(folder, size: int) -> None:
-    """A tiny prepared train and test split of real images, as the prepare stage writes them."""
+def write_prepared(folder, size: int, splits=("train", "test")) -> None:
+    """Tiny prepared splits of real images, as the prepare stage writes them."""
     folder.mkdir()
-    for split in ("train", "test"):
+    for split in splits:
         images = real_images(split, 4, size)
         names = [f"{split}{i}.jpeg" for i in range(len(images))]
         split_data = PreparedSplit(images, np.array([0] * 4 + [1] * 4), names, names)
@@ -170,6 +170,28 @@ def test_inference_and_web_benchmarks_run(tmp_path):
     )
     assert "refused: The image has 30000x30000 pixels" in memory.stdout
     assert "inflates to more than" in memory.stdout and "(bound 300 MB)" in memory.stdout
+
+
+def test_quantization_benchmark_compares_the_operator_sets(tmp_path):
+    model = calibrated_model(64)
+    save_checkpoint(model, tmp_path / "model.pt", 64, "none")
+    bundle = make_bundle(model, 64, tmp_path / "bundle", METRICS)
+    write_prepared(tmp_path / "prepared", 64, ("train", "val", "test"))
+    result = run(
+        [sys.executable, "-m", "bench.quantization", "--quick", "--bundle", str(bundle)]
+        + ["--model", str(tmp_path / "model.pt"), "--prepared", str(tmp_path / "prepared")],
+        REPO,
+        tool_env(),
+    )
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 6 and cells[0] != "model" and not cells[0].startswith("---"):
+            rows[cells[0]] = int(cells[4])  # Quantize/DequantizeLinear nodes run
+    before, now = rows["INT8, convolutions only (before)"], rows["INT8, the residual path (now)"]
+    assert rows["float"] == 0 and 0 < now < before, rows
+    assert "| INT8, the residual path (now) | test |" in result.stdout
+    assert not list(REPO.glob("*profile*.json")), "profiler traces left in the repository"
 
 
 def test_guard_benchmark_measures_both_rates(tmp_path):
