@@ -20,7 +20,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from pneumonia.serving import Bundle, BundleError, sha256_file
 
 # Quantising the additions and ReLUs as well as the convolutions keeps activations in INT8
 # between convolutions instead of dequantising them at each skip connection (docs/benchmarks.md).
-QUANTIZED_OPS = ["Conv", "Add", "Relu", "MaxPool"]
+QUANTIZED_OPS = ("Conv", "Add", "Relu", "MaxPool")
 
 
 class QuantizeError(RuntimeError):
@@ -71,7 +71,7 @@ def calibration_sample(images: np.ndarray, labels: np.ndarray, count: int, seed:
 
 
 def quantize_onnx(
-    float_onnx: Path, out_onnx: Path, inputs: list[np.ndarray], ops: list[str] = QUANTIZED_OPS
+    float_onnx: Path, out_onnx: Path, inputs: list[np.ndarray], ops: Sequence[str] = QUANTIZED_OPS
 ) -> None:
     """Write the INT8 (QDQ) version of ``float_onnx`` to ``out_onnx``; activation ranges are
     measured on ``inputs`` (model inputs ``image``, already preprocessed). ``ops``: the
@@ -127,7 +127,7 @@ def quantization_entry(calibration_images: int, float_sha256: str) -> dict:
 
 
 def quantize_model(
-    bundle: Bundle, out_onnx: Path, calibration: np.ndarray, ops: list[str] = QUANTIZED_OPS
+    bundle: Bundle, out_onnx: Path, calibration: np.ndarray, ops: Sequence[str] = QUANTIZED_OPS
 ) -> None:
     """Write the INT8 version of ``bundle``'s float model to ``out_onnx``, its activation ranges
     measured on ``calibration`` (uint8 N x S x S), preprocessed as the bundle says."""
