@@ -20,14 +20,14 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from bench.inference import session, timed
 from pneumonia.config import BUNDLE_DIR, MODELS_DIR, PREPARED_DIR
-from pneumonia.export import export_onnx
+from pneumonia.export import batched_probabilities, export_onnx
 from pneumonia.metrics import classification_metrics
 from pneumonia.model import load_checkpoint
 from pneumonia.params import load as load_params
@@ -35,44 +35,36 @@ from pneumonia.prepared import load_split
 from pneumonia.quantize import QUANTIZED_OPS, calibration_sample, quantize_model
 from pneumonia.serving import Bundle, sha256_file
 
-VARIANTS = {"INT8, convolutions only (before)": ["Conv"], "INT8, the residual path (now)": None}
+VARIANTS = {
+    "INT8, convolutions only (before)": ("Conv",),
+    "INT8, the residual path (now)": QUANTIZED_OPS,
+}
 CONVERSIONS = ("QuantizeLinear", "DequantizeLinear")
-
-
-def session(onnx_path: Path, profile: bool = False):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.enable_profiling = profile
-    options.profile_file_prefix = str(onnx_path.with_suffix(".profile"))  # beside the model
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
 def conversions(onnx_path: Path, x: np.ndarray, runs: int) -> tuple[int, float]:
     """How many Quantize/DequantizeLinear nodes ONNX Runtime runs, and their share of the
     kernel time, from its profiler over ``runs`` calls."""
-    profiled = session(onnx_path, profile=True)
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(onnx_path.with_suffix(".profile"))  # beside the model
+    profiled = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     for _ in range(runs):
         profiled.run(None, {"image": x})
     trace = Path(profiled.end_profiling())
-    by_node: dict[str, tuple[str, float]] = {}
+    op_of_node: dict[str, str] = {}
     totals: dict[str, float] = defaultdict(float)
     for event in json.loads(trace.read_text()):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            op = event["args"]["op_name"]
-            by_node[event["name"]] = (op, by_node.get(event["name"], (op, 0.0))[1] + event["dur"])
-            totals[op] += event["dur"]
+            op_of_node[event["name"]] = event["args"]["op_name"]
+            totals[event["args"]["op_name"]] += event["dur"]
     trace.unlink()
-    count = sum(op in CONVERSIONS for op, _ in by_node.values())
+    count = sum(op in CONVERSIONS for op in op_of_node.values())
     share = sum(totals[op] for op in CONVERSIONS) / max(sum(totals.values()), 1e-9)
     return count, share
-
-
-def probabilities(bundle: Bundle, images: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [bundle.probabilities(images[i : i + 64]) for i in range(0, len(images), 64)]
-    )
 
 
 def main() -> int:
@@ -86,19 +78,20 @@ def main() -> int:
     rounds, calls = (2, 5) if args.quick else (args.rounds, 100)
 
     model, size = load_checkpoint(args.model)
+    params = load_params().export
     manifest = {k: v for k, v in Bundle(args.bundle).manifest.items() if k != "quantization"}
     train = load_split("train", args.prepared)
-    sample = calibration_sample(train.images, train.labels, load_params().export.calibration_images)
+    sample = calibration_sample(train.images, train.labels, params.calibration_images)
     with tempfile.TemporaryDirectory(prefix="quantization-bench-") as tmp:
         float_onnx = Path(tmp) / "float.onnx"
-        export_onnx(model, size, float_onnx, load_params().export.opset)
+        export_onnx(model, size, float_onnx, params.opset)
         float_bundle = Bundle.from_parts(
             float_onnx, {**manifest, "onnx_sha256": sha256_file(float_onnx)}
         )
         bundles = {"float": float_bundle}
         for i, (name, ops) in enumerate(VARIANTS.items()):
             path = Path(tmp) / f"int8-{i}.onnx"
-            quantize_model(float_bundle, path, sample, ops or QUANTIZED_OPS)
+            quantize_model(float_bundle, path, sample, ops)
             bundles[name] = Bundle.from_parts(path, {**manifest, "onnx_sha256": sha256_file(path)})
 
         print(f"Decisions against the float model (threshold {float_bundle.threshold:.3f}):\n")
@@ -107,9 +100,9 @@ def main() -> int:
         )
         for split in ("val", "test"):
             data = load_split(split, args.prepared)
-            reference = probabilities(float_bundle, data.images) >= float_bundle.threshold
+            reference = batched_probabilities(float_bundle, data.images) >= float_bundle.threshold
             for name, bundle in bundles.items():
-                p = probabilities(bundle, data.images)
+                p = batched_probabilities(bundle, data.images)
                 m = classification_metrics(data.labels, p, bundle.threshold)
                 changed = int(((p >= bundle.threshold) != reference).sum())
                 print(
@@ -117,19 +110,13 @@ def main() -> int:
                     f"{m['roc_auc']:.4f} |"
                 )
 
-        x = float_bundle.preprocess(load_split("test", args.prepared).images[:1])
-        sessions = {name: session(b.onnx_path) for name, b in bundles.items()}
+        x = float_bundle.preprocess(data.images[:1])  # a test image
+        sessions = {name: session(b.onnx_path, 1) for name, b in bundles.items()}
         medians: dict[str, list[float]] = defaultdict(list)
         for _ in range(rounds):
             for name, run in sessions.items():
-                for _ in range(5):
-                    run.run(None, {"image": x})
-                times = []
-                for _ in range(calls):
-                    start = time.perf_counter()
-                    run.run(None, {"image": x})
-                    times.append((time.perf_counter() - start) * 1000)
-                medians[name].append(statistics.median(times))
+                call = lambda run=run: run.run(None, {"image": x})  # noqa: E731
+                medians[name].append(statistics.median(timed(call, calls, warmup=5)))
         print(
             f"\nOne {size} px image, 1 thread, {rounds} interleaved rounds of {calls} calls; "
             "ONNX Runtime's profiler over 20 calls:\n"
