@@ -7,7 +7,9 @@ output: per approach (mean ± sd over seeds, worst seed) and per seed, with what
 
 Validation figures come from each run's validation logits and the labels of the prepared
 validation split (the same ``prepare`` params as the runs): ROC AUC, and the negative
-log-likelihood after the calibration the evaluate stage fits (``evaluate.calibration``).
+log-likelihood after the calibration the evaluate stage fits (``evaluate.calibration``); for
+the last epoch's weights and for each weight average (``bench/seeds.py --ema``), the choices
+that have validation logits of their own.
 """
 
 from __future__ import annotations
@@ -50,10 +52,22 @@ def summarize(study: dict, labels: np.ndarray, calibration: str, students: bool 
             "validation": validation_scores(r["logits"]["val"], labels, calibration),
             "test": r["test"],
         }
+        | averaged_validation(r, labels, calibration)
         for r in study["students" if students else "runs"]
     ]
     ensembles = [] if students else study["ensembles"]
     return {"train": study["train"], "runs": runs, "ensembles": ensembles}
+
+
+def averaged_validation(run: dict, labels: np.ndarray, calibration: str) -> dict:
+    """``{"validation_of": {choice: scores}}`` for the choices other than the last epoch that
+    have validation logits (the weight averages), else nothing."""
+    found = {
+        choice: validation_scores(run["logits"][f"val_{choice}"], labels, calibration)
+        for choice in run["test"]
+        if f"val_{choice}" in run["logits"]
+    }
+    return {"validation_of": found} if found else {}
 
 
 def mean_sd_worst(values: list[float]) -> str:
@@ -69,12 +83,17 @@ def tables(approaches: dict[str, dict]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, a in approaches.items():
-        val_auc = mean(r["validation"]["roc_auc"] for r in a["runs"])
-        val_nll = mean(r["validation"]["nll"] for r in a["runs"])
-        for choice in CHOICES:
+        for choice in dict.fromkeys([*CHOICES, *a["runs"][0]["test"]]):
             cells = [mean_sd_worst([r["test"][choice]["accuracy"] for r in a["runs"]])]
             cells += [f"{mean(r['test'][choice][m] for r in a['runs']):.3f}" for m in METRICS[1:]]
-            val = f"{val_auc:.4f} | {val_nll:.4f}" if choice == "last" else "| "
+            val = "| "
+            if choice == "last" or choice in a["runs"][0].get("validation_of", {}):
+                found = [
+                    r["validation"] if choice == "last" else r["validation_of"][choice]
+                    for r in a["runs"]
+                ]
+                val = f"{mean(v['roc_auc'] for v in found):.4f} | "
+                val += f"{mean(v['nll'] for v in found):.4f}"
             lines.append(f"| {name} | {choice} | {val} | " + " | ".join(cells) + " |")
         for ensemble in (e for e in a["ensembles"] if not e["flip"]):
             cells = " | ".join(f"{ensemble['test'][m]:.3f}" for m in METRICS)

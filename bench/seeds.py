@@ -17,6 +17,8 @@ validation, test expected calibration error after calibration):
   last_bn_target the last epoch with its BatchNorm statistics re-estimated on the test
                  images (their pixels, never their labels: AdaBN, "adapted to the target
                  images"); validation keeps the training statistics
+  ema_DECAY      with ``--ema DECAY...``: the exponential moving average of the weights over
+                 the optimiser steps (``train.WeightAverage``), one per decay, from the same run
 
 and, per precision, the deep ensembles of all its seeds (averaged logits, with and without
 flip averaging). ``--distill``: then one student per seed (seed + 100) trained the same way
@@ -52,7 +54,7 @@ from pneumonia.params import Params, as_dict
 from pneumonia.params import parse as parse_params
 from pneumonia.prepare import prepare
 from pneumonia.prepared import PreparedSplit, load_split, write_split
-from pneumonia.train import Distillation, Processes, train
+from pneumonia.train import Distillation, Processes, WeightAverage, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,8 +145,9 @@ def one_run(job: dict) -> dict:
     processes = Processes(device=device)
     teachers = job.get("teachers")
     distillation = ensemble_teacher(teachers, params.input_norm, device) if teachers else None
+    averages = tuple(WeightAverage(decay) for decay in job.get("ema", ()))
     last, history, _ = train(
-        model, splits["train"], splits["val"], params, keep, processes, distillation
+        model, splits["train"], splits["val"], params, keep, processes, distillation, averages
     )
     seconds = time.perf_counter() - started
     if job.get("save"):
@@ -167,6 +170,15 @@ def one_run(job: dict) -> dict:
             job["evaluate"],
         ),
     }
+    for average in averages:
+        averaged = copy.deepcopy(last)
+        averaged.load_state_dict(average.state_dict())
+        choice = f"ema_{average.decay}"
+        for s in ("val", "test"):
+            logits[f"{s}_{choice}"] = logits_of(averaged, splits[s], device)
+        scores[choice] = score(
+            logits[f"val_{choice}"], logits[f"test_{choice}"], labels, job["evaluate"]
+        )
     last.load_state_dict(best["state"])
     best_logits = [logits_of(last, splits[s], device) for s in ("val", "test")]
     scores["best_val_loss"] = score(*best_logits, labels, job["evaluate"])
@@ -202,17 +214,23 @@ def prepared_dir(args, params: Params, scratch: Path) -> Path:
     return kept
 
 
+def choices_of(runs: list[dict]) -> list[str]:
+    """The ways of choosing weights the runs were scored with: ``CHOICES``, then any others."""
+    return list(dict.fromkeys([*CHOICES, *runs[0]["test"]])) if runs else list(CHOICES)
+
+
 def table(runs: list[dict], metric: str) -> list[str]:
+    choices = choices_of(runs)
     lines = [
         f"**test {metric}** (mean ± sd, min-max over seeds)",
         "",
-        "| precision | seeds | " + " | ".join(CHOICES) + " |",
-        "|---|---:|" + "---:|" * len(CHOICES),
+        "| precision | seeds | " + " | ".join(choices) + " |",
+        "|---|---:|" + "---:|" * len(choices),
     ]
     for precision in dict.fromkeys(r["precision"] for r in runs):
         mine = [r for r in runs if r["precision"] == precision]
         cells = []
-        for choice in CHOICES:
+        for choice in choices:
             values = [r["test"][choice][metric] for r in mine]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(
@@ -245,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--distill", action="store_true", help="then a student per seed")
+    parser.add_argument(
+        "--ema",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="DECAY",
+        help="also score the moving average of the weights with each decay (e.g. 0.99 0.995)",
+    )
     parser.add_argument(
         "--weights", type=Path, help="a ResNet18 backbone state dict to start from (default: none)"
     )
@@ -283,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train": train_params,
                 "evaluate": params.evaluate,
                 "save": str(Path(scratch) / f"model-{precision}-{seed}.pt") if args.distill else "",
+                "ema": args.ema,
             }
             for seed in args.seeds
             for precision in args.precisions
@@ -350,10 +377,11 @@ def main(argv: list[str] | None = None) -> int:
         for metric in REPORTED:
             print("\n".join(table(students, metric)))
     print("\nTest accuracy of each run:\n")
-    print("| precision | seed | best epoch | train s | images/s | " + " | ".join(CHOICES) + " |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(CHOICES))
+    choices = choices_of(runs)
+    print("| precision | seed | best epoch | train s | images/s | " + " | ".join(choices) + " |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(choices))
     for r in runs + students:
-        accs = " | ".join(f"{r['test'][c]['accuracy']:.3f}" for c in CHOICES)
+        accs = " | ".join(f"{r['test'][c]['accuracy']:.3f}" for c in choices)
         row = f"{r['precision']} | {r['seed']} | {r['best_epoch']} | {r['train_seconds']}"
         row += f" | {r['images_per_second']}"
         print(f"| {row} | {accs} |")

@@ -141,6 +141,41 @@ class Distillation:
         return (1 - self.weight) * loss + self.weight * self.temperature**2 * kl
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights and BatchNorm statistics over the
+    optimiser steps (Polyak averaging, as timm's ModelEmaV2 keeps it), with the start-up bias
+    corrected as Adam does: step ``i`` of ``n`` weighs ``(1 - decay) * decay**(n - i)``, the
+    weights summing to one. Integer buffers are copied. Benchmarks only (bench/seeds.py)."""
+
+    def __init__(self, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"a weight average's decay must lie in (0, 1), not {decay}")
+        self.decay, self.steps = decay, 0
+        self.sums: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Add the model's current state (after an optimiser step)."""
+        self.steps += 1
+        for name, value in model.state_dict().items():
+            if not value.dtype.is_floating_point:
+                self.sums[name] = value.detach().clone()
+            elif name not in self.sums:
+                self.sums[name] = value.detach().float() * (1 - self.decay)
+            else:
+                self.sums[name].mul_(self.decay).add_(value.detach().float(), alpha=1 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged state, on the CPU, for ``load_state_dict``."""
+        if not self.steps:
+            raise ValueError("no step has been averaged")
+        correction = 1 - self.decay**self.steps
+        return {
+            name: (value / correction if value.dtype.is_floating_point else value).cpu()
+            for name, value in self.sums.items()
+        }
+
+
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
     """``balanced``: n / (classes * n_c) per class, so both classes weigh the same; ``none``."""
     if mode == "none":
@@ -325,6 +360,7 @@ def train(
     on_epoch: Callable[[dict[str, float], nn.Module], None] = lambda record, model: None,
     processes: Processes | None = None,
     distillation: Distillation | None = None,
+    averages: tuple[WeightAverage, ...] = (),
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
     """Train ``model`` (from ``build_model``); return it (eval mode, on the CPU), the per-epoch
     history, and a record of the epoch whose weights are returned.
@@ -337,7 +373,8 @@ def train(
     ``torch.distributed`` group when there are several) and its device; by default one process
     on the CPU. Each process trains on its share of every batch of ``params.batch_size``; the
     main process validates and decides, and its returned model is the one to keep.
-    ``distillation``: also learn from a teacher's logits (``Distillation``).
+    ``distillation``: also learn from a teacher's logits (``Distillation``). ``averages``:
+    each ``WeightAverage`` is updated after every optimiser step (the returned model is not).
     """
     processes = processes or Processes()
     device = processes.device
@@ -400,6 +437,8 @@ def train(
             loss.backward()
             optimizer.step()
             scheduler.step()
+            for average in averages:
+                average.update(model)
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -122,6 +123,18 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     assert study["train"]["weights"] == str(backbone)
     # the same seed from random init (`one`) trains another model
     assert study["runs"][0]["logits"]["test"] != one["runs"][0]["logits"]["test"]
+    # --ema: moving averages of the weights, scored from the same run, with validation figures
+    run([*single[:-2], "--ema", "0.5", "0.9", "--out", str(out)], REPO, tool_env())
+    averaged = json.loads(out.read_text())["runs"][0]
+    assert set(averaged["test"]["ema_0.5"]) == set(averaged["test"]["ema_0.9"]) == reported
+    assert averaged["logits"]["val_ema_0.5"] != averaged["logits"]["val_ema_0.9"]
+    assert averaged["logits"]["test_ema_0.9"] != averaged["logits"]["test"]
+    shown = run([*tables, "--prepared", str(tmp_path / "prepared")], REPO, tool_env()).stdout
+    assert re.search(r"\| seeds \| ema_0\.9 \| [01]\.\d{4} \| \d+\.\d{4} \|", shown), shown
+    assert set(json.loads(summary.read_text())["seeds"]["runs"][0]["validation_of"]) == {
+        "ema_0.5",
+        "ema_0.9",
+    }
 
 
 def write_prepared(folder, size: int, splits=("train", "test")) -> None:
