@@ -21,10 +21,12 @@ validation, test expected calibration error after calibration):
                  the optimiser steps (``train.WeightAverage``), one per decay, from the same run
 
 and, per precision, the deep ensembles of all its seeds (averaged logits, with and without
-flip averaging). ``--distill``: then one student per seed (seed + 100) trained the same way
-with the ensemble of that precision's runs as its teacher (``train.Distillation``: half the
-loss is the KL divergence to the ensemble's averaged logits at temperature 2), scored alike:
-the ensemble's accuracy at one model's serving cost? Writes every run to ``--out`` (JSON) and
+flip averaging). ``--equalize``: every split's images histogram-equalised (``equalize``)
+before training and scoring, as a serving path would equalise each upload. ``--distill``:
+then one student per seed (seed + 100) trained the same way with the ensemble of that
+precision's runs as its teacher (``train.Distillation``: half the loss is the KL divergence to
+the ensemble's averaged logits at temperature 2), scored alike: the ensemble's accuracy at one
+model's serving cost? Writes every run to ``--out`` (JSON) and
 prints Markdown tables: mean, standard deviation and range over the seeds. On a GPU, ``fp32``
 turns TF32 off so that it means fp32 arithmetic.
 """
@@ -73,6 +75,20 @@ def subset(split: PreparedSplit, per_class: int) -> PreparedSplit:
         files=[split.files[i] for i in idx],
         patients=[split.patients[i] for i in idx],
     )
+
+
+def equalize(images: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of each uint8 grayscale image (N x H x W): each grey level
+    maps to its share of the image's pixels at or below it, so every image uses the whole range
+    with a near-flat histogram (the textbook mapping: the lowest level present goes to 0)."""
+    out = np.empty(images.shape, np.uint8)
+    for i, image in enumerate(images):
+        cdf = np.bincount(image.ravel(), minlength=256).cumsum()
+        darkest = cdf[np.flatnonzero(cdf)[0]]  # pixels at the lowest level present
+        span = max(int(cdf[-1] - darkest), 1)
+        lut = np.clip(np.round((cdf - darkest) * 255.0 / span), 0, 255).astype(np.uint8)
+        out[i] = lut[image]
+    return out
 
 
 def logits_of(model, split: PreparedSplit, device: str, flip: bool = False) -> np.ndarray:
@@ -131,6 +147,8 @@ def one_run(job: dict) -> dict:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     splits = {s: load_split(s, Path(job["prepared"])) for s in ("train", "val", "test")}
+    if job.get("equalize"):
+        splits = {s: replace(split, images=equalize(split.images)) for s, split in splits.items()}
     params = replace(job["train"], seed=job["seed"], precision=job["precision"], select="last")
     best: dict = {"val_loss": float("inf")}  # the lowest-validation-loss epoch and its weights
 
@@ -264,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--distill", action="store_true", help="then a student per seed")
     parser.add_argument(
+        "--equalize", action="store_true", help="histogram-equalise every image (all splits)"
+    )
+    parser.add_argument(
         "--ema",
         type=float,
         nargs="+",
@@ -310,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 "evaluate": params.evaluate,
                 "save": str(Path(scratch) / f"model-{precision}-{seed}.pt") if args.distill else "",
                 "ema": args.ema,
+                "equalize": args.equalize,
             }
             for seed in args.seeds
             for precision in args.precisions
@@ -354,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "train": as_dict(train_params),
+                "equalize": args.equalize,
                 "device": args.device,
                 "runs": runs,
                 "ensembles": ensembles,

@@ -123,6 +123,11 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     assert study["train"]["weights"] == str(backbone)
     # the same seed from random init (`one`) trains another model
     assert study["runs"][0]["logits"]["test"] != one["runs"][0]["logits"]["test"]
+    # --equalize: the same seed on histogram-equalised images trains another model
+    run([*single[:-2], "--equalize", "--out", str(out)], REPO, tool_env())
+    equalized = json.loads(out.read_text())
+    assert equalized["equalize"] is True and one["equalize"] is False
+    assert equalized["runs"][0]["logits"]["test"] != one["runs"][0]["logits"]["test"]
     # --ema: moving averages of the weights, scored from the same run, with validation figures
     run([*single[:-2], "--ema", "0.5", "0.9", "--out", str(out)], REPO, tool_env())
     averaged = json.loads(out.read_text())["runs"][0]
