@@ -100,7 +100,7 @@ def tables(approaches: dict[str, dict]) -> list[str]:
             lines.append(f"| {name} | ensemble of {ensemble['seeds']} | | | {cells} |")
     lines += [
         "",
-        "| approach | seed | train s (GPU) | val AUC | val NLL | test accuracy | sensitivity | "
+        "| approach | seed | train s | val AUC | val NLL | test accuracy | sensitivity | "
         "specificity | ROC AUC | test ECE |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
