@@ -47,10 +47,10 @@ def in_slug(path: str) -> bool:
     return any(path == s or (s.endswith("/") and path.startswith(s)) for s in SLUG_SOURCES)
 
 
-def plan_deploy(base: str, root: Path | None = None) -> Plan:
+def plan_deploy(base: str, root: Path | None = None, pull: bool = False) -> Plan:
     """Decide what the push from ``base`` to HEAD deploys."""
     root = root or config.ROOT
-    verdict = run_gate(base, root)  # an unchanged served model passes at once
+    verdict = run_gate(base, root, pull)  # an unchanged served model passes at once
     app_files = [p for p in changed_paths(base, root) if in_slug(p)]
     if verdict.model_changed:
         if not verdict.passed:

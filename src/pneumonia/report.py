@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pneumonia import config
-from pneumonia.gate import COMPARED, MetricsError, Verdict, git_show, run_gate
+from pneumonia.gate import (
+    COMPARED,
+    MetricsError,
+    Verdict,
+    add_judged_arguments,
+    git_show,
+    run_gate,
+)
 from pneumonia.params import ParamsError, as_dict
 from pneumonia.params import load as load_params
 from pneumonia.tracking import flatten_params
@@ -164,7 +171,8 @@ def training(train_json: Path) -> str | None:
 
 
 def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/figures") -> str:
-    """The report as markdown; image links are relative to ``root`` (CML uploads them)."""
+    """The report as markdown; image links are relative to the current directory (CML, run
+    there, uploads them)."""
     status = "PASS" if verdict.passed else "FAIL"
     icon = ":white_check_mark:" if verdict.passed else ":x:"
     lines = [
@@ -196,8 +204,9 @@ def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/
         "",
     ]
     for title, name in FIGURES:
-        if (root / figures_dir / name).is_file():
-            lines.append(f"![{title}](./{figures_dir}/{name})")
+        figure = root / figures_dir / name
+        if figure.is_file():  # linked from where CML runs: this directory
+            lines.append(f"![{title}](./{Path(os.path.relpath(figure)).as_posix()})")
     for line in (
         training(root / "metrics" / "train.json"),
         served_model(root / "models" / "bundle"),
@@ -215,13 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--base", default="origin/main")
+    add_judged_arguments(parser, "origin/main", "the champion's git revision")
     parser.add_argument("--out", type=Path, default=Path("report.md"))
     parser.add_argument("--json", type=Path, help="also write the gate's verdict here")
     args = parser.parse_args(argv)
-    root = config.ROOT
+    root = args.root.resolve()
     try:
-        verdict = run_gate(args.base, root)
+        verdict = run_gate(args.base, root, args.pull)
         text = render(verdict, args.base, root)
     except (MetricsError, ParamsError) as exc:
         # The comment must still say what went wrong: a report that fails silently is worse.

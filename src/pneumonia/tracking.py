@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -59,26 +60,27 @@ def connect():
     return mlflow
 
 
-def _check_server(uri: str) -> None:
-    """Fail in seconds, with the fix, instead of MLflow's minutes of retries: the server must
-    answer, and accept the credentials (an authenticated read), before anything is logged or
-    registered."""
+# A hosted server (and a fresh one on a loaded machine) can take tens of seconds for its first
+# store read: wait this long in all, with growing per-request limits, before giving up.
+SERVER_WAIT_SECONDS = 120.0
+FIRST_REQUEST_TIMEOUT = 10.0
+RETRIED_STATUS = (502, 503, 504)  # a proxy in front of a server that is still starting
+
+
+def _check_server(uri: str, budget: float = SERVER_WAIT_SECONDS) -> None:
+    """Fail with the fix instead of MLflow's minutes of retries: the server must answer, and
+    accept the credentials (an authenticated read), before anything is logged or registered.
+
+    A request that times out or gets 502/503/504 is retried with a growing limit until
+    ``budget`` seconds have passed (a cold server); a refused connection, an unknown host or
+    refused credentials fail at once."""
     base = uri.rstrip("/")
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=10) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise TrackingUnavailableError(
-            f"MLflow server {uri} (MLFLOW_TRACKING_URI) is not reachable: {exc}. Start it, fix "
-            "the URI and credentials (MLFLOW_TRACKING_USERNAME/PASSWORD or TOKEN), or unset "
-            "MLFLOW_TRACKING_URI to log to the local store in .mlflow/."
-        ) from exc
+    _wait_for(uri, urllib.request.Request(base + "/health"), "GET /health", budget)
     request = urllib.request.Request(
         f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers=_auth_headers()
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
+        _wait_for(uri, request, "an authenticated GET /api/2.0/mlflow/experiments/search", budget)
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
             names = (
@@ -93,8 +95,48 @@ def _check_server(uri: str) -> None:
         raise TrackingUnavailableError(
             f"MLflow server {uri} answered HTTP {exc.code} to an authenticated read"
         ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise TrackingUnavailableError(f"MLflow server {uri} failed: {exc}") from exc
+
+
+def _timed_out(exc: BaseException) -> bool:
+    reason = getattr(exc, "reason", exc)
+    return isinstance(reason, TimeoutError) or "timed out" in str(reason)
+
+
+def _wait_for(uri: str, request: urllib.request.Request, what: str, budget: float) -> None:
+    """Send ``request`` until it answers 2xx, retrying timeouts and 502/503/504 within
+    ``budget`` seconds; raise the last HTTPError for other statuses, and
+    TrackingUnavailableError (naming the request, the attempts and the time) otherwise."""
+    started = time.monotonic()
+    limit, attempt = FIRST_REQUEST_TIMEOUT, 0
+    while True:
+        attempt += 1
+        left = budget - (time.monotonic() - started)
+        timeout = max(1.0, min(limit, left))
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                response.read()
+            return
+        except urllib.error.HTTPError as exc:
+            if exc.code not in RETRIED_STATUS:
+                raise
+            problem = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            if not _timed_out(exc):
+                raise TrackingUnavailableError(
+                    f"MLflow server {uri} (MLFLOW_TRACKING_URI) is not reachable: {exc}. Start "
+                    "it, fix the URI and credentials (MLFLOW_TRACKING_USERNAME/PASSWORD or "
+                    "TOKEN), or unset MLFLOW_TRACKING_URI to log to the local store in .mlflow/."
+                ) from exc
+            problem = f"timed out after {timeout:.0f} s"
+        elapsed = time.monotonic() - started
+        if elapsed + 1.0 >= budget:
+            raise TrackingUnavailableError(
+                f"MLflow server {uri}: {what} {problem} (attempt {attempt}, {elapsed:.0f} s of "
+                f"the {budget:.0f} s the job waits for a starting server). Check that the "
+                "server and its database are up, then run the job again."
+            )
+        time.sleep(min(2.0**attempt, max(0.0, budget - elapsed - 1.0)))
+        limit = min(limit * 2, 60.0)
 
 
 def _auth_headers() -> dict[str, str]:

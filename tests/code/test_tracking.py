@@ -101,3 +101,91 @@ def test_branch_of_a_detached_head(tmp_path, monkeypatch):
     git("branch", "-q", "-D", "main")
     monkeypatch.delenv("GITHUB_SHA")
     assert tracking.git_info(tmp_path / "repo")["branch"] == "detached"
+
+
+class ColdServer:
+    """A local HTTP server standing in for a starting MLflow: /health answers at once, the
+    store read is slow (``slow`` requests sleep ``delay`` s) or answers ``statuses`` first."""
+
+    def __init__(self, slow: int = 0, delay: float = 0.0, statuses: tuple[int, ...] = ()):
+        import http.server
+        import threading
+
+        self.reads: list[float] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (the stdlib's name)
+                if self.path.startswith("/api/2.0/mlflow/experiments/search"):
+                    server.reads.append(time.monotonic())
+                    n = len(server.reads)
+                    if n <= slow:
+                        time.sleep(delay)
+                    if n <= len(statuses):
+                        self.send_response(statuses[n - 1])
+                        self.end_headers()
+                        return
+                body = b'{"experiments": []}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def short_requests(monkeypatch):
+    monkeypatch.setattr(tracking, "FIRST_REQUEST_TIMEOUT", 0.5)
+
+
+def test_a_cold_store_read_is_retried_until_it_answers(short_requests):
+    server = ColdServer(slow=2, delay=2.0)  # the first two reads outlast their limits
+    try:
+        tracking._check_server(server.url, budget=60)
+    finally:
+        server.close()
+    assert len(server.reads) == 3
+
+
+def test_a_starting_proxy_is_retried(short_requests):
+    server = ColdServer(statuses=(503, 502))
+    try:
+        tracking._check_server(server.url, budget=60)
+    finally:
+        server.close()
+    assert len(server.reads) == 3
+
+
+def test_a_server_that_stays_cold_names_the_request_and_the_time(short_requests):
+    server = ColdServer(slow=100, delay=3.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(tracking.TrackingUnavailableError) as failure:
+            tracking._check_server(server.url, budget=6)
+    finally:
+        server.close()
+    message = str(failure.value)
+    assert "experiments/search timed out after" in message and "of the 6 s" in message
+    assert len(server.reads) >= 2 and time.monotonic() - started < 20
+
+
+def test_refused_credentials_are_not_retried(short_requests):
+    server = ColdServer(statuses=(401,))
+    try:
+        with pytest.raises(tracking.TrackingUnavailableError, match="refused the credentials"):
+            tracking._check_server(server.url, budget=60)
+    finally:
+        server.close()
+    assert len(server.reads) == 1

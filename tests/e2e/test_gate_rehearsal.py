@@ -3,8 +3,11 @@ branches and real DVC: main holds a champion trained by `dvc repro`; each branch
 pull request (or a merge) can be in. The gate's verdict (exit status and JSON), the report's
 markdown and the deploy plan are checked for each.
 
-Rule paths (better, worse, equal, below the floor) edit the challenger's served record the way a
-different model would change it; the re-scoring path trains a really different model."""
+The command judges the bundle itself: a really retrained model (another seed) is re-scored and
+its committed records checked against it, and each way of dressing up those records fails.
+The rules (better, worse, equal, below the floor, significance, the base's rules) are applied by
+``gate.judge`` to answers made up per case, as another model would give them: the command would
+refuse such answers as not the bundle's."""
 
 from __future__ import annotations
 
@@ -17,7 +20,10 @@ import numpy as np
 import pytest
 import yaml
 
+from pneumonia import gate as gate_module
+from pneumonia import report as report_module
 from pneumonia.gate import mcnemar_exact
+from pneumonia.served import Predictions, identity
 from tests.conftest import DATASET, TINY_PARAMS, copy_subset, make_repo, run, tool_env
 
 pytestmark = pytest.mark.slow
@@ -63,13 +69,12 @@ def correct(row: dict, t: float) -> bool:
     return (float(row["probability"]) >= t) == (row["label"] == "PNEUMONIA")
 
 
-def as_new_model(repo, fix: int = 0, break_: int = 0, probability=None) -> list[dict]:
-    """Make the work tree serve 'another model': a new identity, and per-image answers where
-    ``fix`` of the champion's mistakes (pneumonia cases first) are now right and ``break_`` of
-    its right answers wrong (or ``probability(row)`` for each row)."""
+def as_new_model(repo, fix: int = 0, break_: int = 0, probability=None):
+    """'Another model' as the rules see it: a new identity, and per-image answers where ``fix``
+    of the champion's mistakes (pneumonia cases first) are now right and ``break_`` of its right
+    answers wrong (or ``probability(row)`` for each row). Returns (record, answers, rows)."""
     record = json.loads((repo / "metrics/served.json").read_text())
     record["model"]["onnx_sha256"] = "0" * 64
-    (repo / "metrics/served.json").write_text(json.dumps(record))
     t, table = record["model"]["threshold"], rows(repo)
     wrong = sorted((r for r in table if not correct(r, t)), key=lambda r: r["label"] != "PNEUMONIA")
     right = [r for r in table if correct(r, t)]
@@ -79,16 +84,36 @@ def as_new_model(repo, fix: int = 0, break_: int = 0, probability=None) -> list[
     if probability is not None:
         for row in table:
             row["probability"] = f"{probability(row):.6f}"
+    answers = Predictions(
+        [r["file"] for r in table],
+        np.array([int(r["label"] == "PNEUMONIA") for r in table]),
+        np.array([float(r["probability"]) for r in table]),
+    )
+    return record, answers, table
+
+
+def judged(repo, fix: int = 0, break_: int = 0, probability=None, base: str = "main"):
+    """The verdict (as the JSON the command writes) of the base's rules on such a model."""
+    record, answers, table = as_new_model(repo, fix, break_, probability)
+    verdict = gate_module.judge(base, repo, record, answers)
+    return verdict, verdict.as_dict(), table
+
+
+def rendered(repo, verdict, monkeypatch, base: str = "main") -> str:
+    monkeypatch.chdir(repo)
+    return report_module.render(verdict, base, repo)
+
+
+def write_rows(repo, table: list[dict]) -> None:
     with open(repo / "metrics/served_test.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, ["file", "label", "probability"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(table)
-    return table
 
 
-def gate(repo, base: str = "main"):
+def gate(repo, base: str = "main", *extra: str):
     result = run(
-        [sys.executable, "-m", "pneumonia.gate", "--base", base, "--json", "gate.json"],
+        [sys.executable, "-m", "pneumonia.gate", "--base", base, "--json", "gate.json", *extra],
         repo,
         tool_env(),
         check=False,
@@ -143,22 +168,55 @@ def test_unchanged_model_passes_and_deploys_nothing_for_docs(repo, tmp_path):
     assert "nothing to deploy" in summary
 
 
+def refit_guard(repo) -> None:
+    """A bundle whose guard was fitted again (another threshold), recorded as export records it:
+    the manifest, served.json's identity and dvc.lock's md5 of the bundle."""
+    manifest_path = repo / "models/bundle/model.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["guard"]["threshold"] = manifest["guard"]["threshold"] * 1.5
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    record = json.loads((repo / "metrics/served.json").read_text())
+    record["model"] = identity(manifest)
+    record["guard_refused"] = {"validation": 0.002, "test": 0.0}
+    (repo / "metrics/served.json").write_text(json.dumps(record))
+    run(["dvc", "commit", "-f", "-q", "export"], repo, tool_env())
+
+
 def test_a_refitted_guard_alone_passes_and_deploys_the_model(repo, tmp_path):
     """The guard decides which images get an answer, so it is part of the served identity; a
     change of the guard alone leaves every answer as it was, and ships."""
     branch(repo, "guard-refit")
-    record = json.loads((repo / "metrics/served.json").read_text())
-    assert record["model"]["guard"]["sha256"] and record["guard_refused"]["validation"] >= 0
-    record["model"]["guard"] = {"threshold": 9.9, "sha256": "f" * 64}
-    record["guard_refused"] = {"validation": 0.002, "test": 0.0}
-    (repo / "metrics/served.json").write_text(json.dumps(record))
+    refit_guard(repo)
     commit(repo, "guard refitted")
     result, verdict = gate(repo)
     assert result.returncode == 0 and verdict["passed"] is True, result.stdout
     assert verdict["baseline"] == "guard changed, answers unchanged"
-    assert verdict["model_changed"] is True and "0.2% of the validation images" in result.stdout
+    assert verdict["model_changed"] is True and "0.2% of validation images" in result.stdout
     code, outputs, _ = plan(repo, tmp_path)
     assert code == 0 and outputs["deploy"] == "true" and outputs["what"] == "model"
+
+
+def test_a_bundle_that_is_not_the_recorded_one_fails(repo, tmp_path):
+    """served.json copied from a good model over another bundle, or a bundle that is not the one
+    dvc.lock names: the gate names the difference, and nothing is deployed."""
+    branch(repo, "claims-another-guard")
+    refit_guard(repo)
+    record = json.loads((repo / "metrics/served.json").read_text())
+    record["model"]["guard"]["threshold"] = 99.0  # says something the bundle does not
+    (repo / "metrics/served.json").write_text(json.dumps(record))
+    commit(repo, "a record that is not the bundle's")
+    result, verdict = gate(repo)
+    assert result.returncode == 1 and verdict["baseline"] == "the records do not match the bundle"
+    assert "describes another model than models/bundle serves (differs in: guard)" in result.stdout
+    code, outputs, _ = plan(repo, tmp_path)
+    assert code == 0 and outputs["deploy"] == "false" and "does not pass" in outputs["summary"]
+    branch(repo, "swapped-bundle")
+    refit_guard(repo)
+    commit(repo, "guard refitted")
+    (repo / "models/bundle/model.onnx").write_bytes(b"not the exported graph")
+    result, verdict = gate(repo)
+    assert result.returncode == 1, result.stdout
+    assert "but dvc.lock names" in result.stdout and "has sha256" in result.stdout
 
 
 def test_app_change_deploys_the_app_with_the_current_model(repo, tmp_path):
@@ -171,15 +229,14 @@ def test_app_change_deploys_the_app_with_the_current_model(repo, tmp_path):
     assert "django_app/Procfile" in outputs["summary"]
 
 
-def test_better_model_passes_with_the_paired_comparison(repo, tmp_path):
+def test_better_model_passes_with_the_paired_comparison(repo, monkeypatch):
     branch(repo, "better")
     t = threshold(repo)
     missed = sum(not correct(r, t) for r in rows(repo) if r["label"] == "PNEUMONIA")
     fix = max(missed, 2)  # every pneumonia case right (sensitivity 1), at least 2 fixes
     assert sum(not correct(r, t) for r in rows(repo)) >= fix, "the tiny champion must err"
-    table = as_new_model(repo, fix=fix)
-    result, verdict = gate(repo)
-    assert result.returncode == 0 and verdict["passed"] is True, result.stdout
+    result, verdict, table = judged(repo, fix=fix)
+    assert verdict["passed"] is True, verdict["reasons"]
     assert verdict["baseline"] == "served metrics on main"
     assert verdict["champion"]["accuracy"] == pytest.approx(champion_accuracy(repo))
     assert verdict["challenger"]["accuracy"] == pytest.approx(
@@ -192,15 +249,12 @@ def test_better_model_passes_with_the_paired_comparison(repo, tmp_path):
     low, high = comparison["bootstrap_ci95"]
     assert 0 <= low <= fix / len(table) <= high
     assert any("within noise" in r for r in verdict["reasons"]) == (p >= 0.05 or low <= 0)
-    code, text = report(repo)
-    assert code == 0 and "**Gate: :white_check_mark: PASS**" in text
+    text = rendered(repo, result, monkeypatch)
+    assert "**Gate: :white_check_mark: PASS**" in text
     assert f"| fixed: the champion was wrong, this model is right | {fix} |" in text
     assert f"| exact McNemar p-value | {p:.3g} |" in text
     assert "Data unchanged" in text and "No parameter changed." in text
     assert "![ROC](./metrics/figures/roc.png)" in text
-    commit(repo, "better model")
-    code, outputs, _ = plan(repo, tmp_path)
-    assert code == 0 and outputs["deploy"] == "true" and outputs["what"] == "model"
 
 
 def test_a_gain_within_noise_fails_when_significance_is_required(repo):
@@ -213,34 +267,26 @@ def test_a_gain_within_noise_fails_when_significance_is_required(repo):
     t = threshold(repo)
     fix = max(sum(not correct(r, t) for r in rows(repo) if r["label"] == "PNEUMONIA"), 2)
     assert fix <= 5, "5 or fewer one-way flips are within noise: 2 * (1/2)^5 > 0.05"
-    as_new_model(repo, fix=fix)
-    result, verdict = gate(repo, base="strict-main")
+    _, verdict, _ = judged(repo, fix=fix, base="strict-main")
     assert verdict["comparison"]["mcnemar_p"] == pytest.approx(2 * 0.5**fix)
-    assert result.returncode == 1 and verdict["passed"] is False
+    assert verdict["passed"] is False
     assert any("require_significant_gain" in r for r in verdict["reasons"])
 
 
-def test_worse_model_fails_and_is_not_deployed(repo, tmp_path):
+def test_worse_model_fails(repo, monkeypatch):
     branch(repo, "worse")
-    as_new_model(repo, break_=1)
-    result, verdict = gate(repo)
-    assert result.returncode == 1 and verdict["passed"] is False
+    result, verdict, _ = judged(repo, break_=1)
+    assert verdict["passed"] is False
     assert verdict["comparison"]["broken"] == 1 and verdict["comparison"]["fixed"] == 0
     assert any("does not beat" in r for r in verdict["reasons"])
-    assert "**Gate: :x: FAIL**" in report(repo)[1]
-    (repo / "django_app").mkdir(exist_ok=True)
-    (repo / "django_app" / "x.py").write_text("")
-    commit(repo, "worse model and an app change")
-    code, outputs, _ = plan(repo, tmp_path)
-    assert code == 0 and outputs["deploy"] == "false" and outputs["what"] == "model"
-    assert "does not pass the gate" in outputs["summary"]
+    assert "**Gate: :x: FAIL**" in rendered(repo, result, monkeypatch)
 
 
 def test_changed_model_with_equal_accuracy_fails(repo):
     branch(repo, "equal")
-    as_new_model(repo)  # a new identity, the same answers
-    result, verdict = gate(repo)
-    assert result.returncode == 1 and "(+0.0000; must be > +0.0000)" in " ".join(verdict["reasons"])
+    _, verdict, _ = judged(repo)  # a new identity, the same answers
+    assert verdict["passed"] is False
+    assert "(+0.0000; must be > +0.0000)" in " ".join(verdict["reasons"])
 
 
 def test_better_accuracy_below_the_sensitivity_floor_fails(repo):
@@ -254,20 +300,90 @@ def test_better_accuracy_below_the_sensitivity_floor_fails(repo):
             return 0.000001
         return 0.999999 if positive else 0.000001
 
-    as_new_model(repo, probability=answer)
-    result, verdict = gate(repo)
-    assert result.returncode == 1
+    _, verdict, _ = judged(repo, probability=answer)
+    assert verdict["passed"] is False
     assert any("below the floor 0.9000" in r for r in verdict["reasons"])
 
 
 def test_a_pull_request_cannot_loosen_its_own_gate(repo):
     branch(repo, "loosened")
-    as_new_model(repo, break_=1)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["gate"]["min_accuracy_gain"] = -1.0  # "anything goes", says the pull request
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _, verdict, _ = judged(repo, break_=1)
+    assert verdict["passed"] is False and verdict["rules"]["min_accuracy_gain"] == 0.0
+
+
+def test_a_retrained_model_is_judged_by_what_its_bundle_answers(repo, tmp_path):
+    """A really different model (another seed): the gate re-scores its bundle and judges those
+    answers; each way of dressing up its records is caught and named."""
+    branch(repo, "retrained")
+    run(["dvc", "exp", "run", "-S", "train.seed=11"], repo, tool_env())
+    commit(repo, "retrained with another seed")
     result, verdict = gate(repo)
-    assert result.returncode == 1 and verdict["rules"]["min_accuracy_gain"] == 0.0
+    assert result.returncode in (0, 1), result.stderr
+    assert verdict["baseline"] == "served metrics on main", verdict["reasons"]
+    served = json.loads((repo / "metrics/served.json").read_text())
+    for key in ("accuracy", "sensitivity", "specificity", "tp", "fp", "tn", "fn"):
+        assert verdict["challenger"][key] == pytest.approx(served["test"][key]), key
+    honest = result.returncode
+    code, outputs, _ = plan(repo, tmp_path)
+    assert code == 0 and outputs["what"] == "model"
+    assert outputs["deploy"] == ("true" if honest == 0 else "false")
+
+    # 1. every answer made right in served_test.csv: caught, named, not deployed
+    t = threshold(repo)
+    table = rows(repo)
+    for row in table:
+        row["probability"] = "0.999999" if row["label"] == "PNEUMONIA" else "0.000001"
+        assert (float(row["probability"]) >= t) == (row["label"] == "PNEUMONIA")
+    write_rows(repo, table)
+    commit(repo, "a better-looking served_test.csv")
+    result, verdict = gate(repo)
+    assert result.returncode == 1 and verdict["baseline"] == "the records do not match the bundle"
+    assert "metrics/served_test.csv differs from what the bundle answers on" in result.stdout
+    assert verdict["challenger"] is None and verdict["comparison"] is None
+    code, text = report(repo)
+    assert code == 0 and "**Gate: :x: FAIL**" in text and "differs from what the bundle" in text
+    code, outputs, _ = plan(repo, tmp_path)
+    assert code == 0 and outputs["deploy"] == "false"
+
+    # 2. the hard cases left out of the list
+    run(["git", "checkout", "-q", "HEAD~1", "--", "metrics/served_test.csv"], repo)
+    table = rows(repo)
+    kept = [r for r in table if correct(r, t)]
+    write_rows(repo, kept if len(kept) < len(table) else table[1:])
+    result, verdict = gate(repo)
+    assert result.returncode == 1 and "leaves out" in result.stdout, result.stdout
+
+    # 3. a record that claims another test split
+    run(["git", "checkout", "-q", "HEAD~1", "--", "metrics/served_test.csv"], repo)
+    record = json.loads((repo / "metrics/served.json").read_text())
+    record["test_data"] = "f" * 64
+    (repo / "metrics/served.json").write_text(json.dumps(record))
+    result, verdict = gate(repo)
+    assert result.returncode == 1 and "but data/chest_xray's test split is" in result.stdout
+    run(["git", "checkout", "-q", "HEAD~1", "--", "metrics"], repo)
+
+
+def test_without_a_baseline_the_first_champion_passes(repo, monkeypatch):
+    env = tool_env()
+    run(["git", "checkout", "-q", "-f", "main"], repo, env)
+    run(["git", "checkout", "-q", "--orphan", "empty-main"], repo, env)
+    run(["git", "rm", "-q", "-r", "--cached", "metrics"], repo, env)
+    run(["git", "commit", "-qm", "no model yet"], repo, env)
+    branch(repo, "first")
+    result, verdict = gate(repo, "empty-main")  # main's own champion, as the first one
+    assert result.returncode in (0, 1) and verdict["baseline"] == "none", result.stderr
+    assert verdict["champion"] is None and any("first champion" in r for r in verdict["reasons"])
+    verdict, _, _ = judged(
+        repo,
+        probability=lambda row: 0.9 if row["label"] == "PNEUMONIA" else 0.1,
+        base="empty-main",
+    )
+    assert verdict.passed and verdict.baseline == "none" and verdict.champion is None
+    text = rendered(repo, verdict, monkeypatch, base="empty-main")
+    assert "first champion" in text and "| Accuracy | - |" in text
 
 
 def test_parameter_changes_are_reported(repo):
@@ -276,21 +392,6 @@ def test_parameter_changes_are_reported(repo):
     (repo / "params.yaml").write_text(params)
     text = report(repo)[1]
     assert "| `train.lr` | 0.001 | 0.0005 |" in text
-
-
-def test_without_a_baseline_the_first_champion_passes(repo):
-    env = tool_env()
-    run(["git", "checkout", "-q", "-f", "main"], repo, env)
-    run(["git", "checkout", "-q", "--orphan", "empty-main"], repo, env)
-    run(["git", "rm", "-q", "-r", "--cached", "metrics"], repo, env)
-    run(["git", "commit", "-qm", "no model yet"], repo, env)
-    branch(repo, "first")
-    as_new_model(repo, probability=lambda row: 0.9 if row["label"] == "PNEUMONIA" else 0.1)
-    result, verdict = gate(repo, base="empty-main")
-    assert result.returncode == 0 and verdict["baseline"] == "none" and verdict["champion"] is None
-    assert any("first champion" in r for r in verdict["reasons"])
-    text = report(repo, base="empty-main")[1]
-    assert "first champion" in text and "| Accuracy | - |" in text
 
 
 @pytest.mark.parametrize(
