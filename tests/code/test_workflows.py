@@ -143,7 +143,7 @@ def test_pr_review_posts_one_updated_comment_labels_and_gates():
     scripts = "\n".join(s.get("run", "") for s in steps)
     assert "cml comment update" in scripts and "--watermark-title" in scripts
     assert "pneumonia.github label-verdict" in scripts
-    assert steps[-1]["run"].endswith("python -m pneumonia.gate --base origin/main")
+    assert steps[-1]["run"].endswith("python -m pneumonia.gate --pull --base origin/main")
     assert not any("artifact" in s.get("uses", "") for s in steps), "nothing leaves the runner"
     assert "dvc repro" not in scripts, "reviewing a pull request never trains"
 
