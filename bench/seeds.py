@@ -18,16 +18,17 @@ validation, test expected calibration error after calibration):
                  images (their pixels, never their labels: AdaBN, "adapted to the target
                  images"); validation keeps the training statistics
   ema_DECAY      with ``--ema DECAY...``: the exponential moving average of the weights over
-                 the optimiser steps (``train.WeightAverage``), one per decay, from the same run
+                 the optimiser steps (``bench.training.WeightAverage``), one per decay, from the
+                 same run
 
 and, per precision, the deep ensembles of all its seeds (averaged logits, with and without
 flip averaging). ``--equalize``: every split's images histogram-equalised (``equalize``)
 before training and scoring, as a serving path would equalise each upload. ``--distill``:
 then one student per seed (seed + 100) trained the same way with the ensemble of that
-precision's runs as its teacher (``train.Distillation``: half the loss is the KL divergence to
-the ensemble's averaged logits at temperature 2), scored alike: the ensemble's accuracy at one
-model's serving cost? Writes every run to ``--out`` (JSON) and
-prints Markdown tables: mean, standard deviation and range over the seeds. On a GPU, ``fp32``
+precision's runs as its teacher (``bench.training.Distillation``: half the loss is the KL
+divergence to the ensemble's averaged logits at temperature 2), scored alike: the ensemble's
+accuracy at one model's serving cost? Writes every run to ``--out`` (JSON) and prints Markdown
+tables: mean, standard deviation and range over the seeds. On a GPU, ``fp32``
 turns TF32 off so that it means fp32 arithmetic.
 """
 
@@ -56,9 +57,12 @@ from pneumonia.params import Params, as_dict
 from pneumonia.params import parse as parse_params
 from pneumonia.prepare import prepare
 from pneumonia.prepared import PreparedSplit, load_split, write_split
-from pneumonia.train import Distillation, Processes, WeightAverage, train
+from pneumonia.train import Processes, train
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/seeds.py`: bench.training beside it
+    sys.path.insert(0, str(ROOT))
+from bench.training import Distillation, WeightAverage, update_all  # noqa: E402
 
 CHOICES = ("best_val_loss", "last", "last_flip", "last_bn_target")
 REPORTED = ("accuracy", "sensitivity", "specificity", "roc_auc", "ece")
@@ -165,7 +169,14 @@ def one_run(job: dict) -> dict:
     distillation = ensemble_teacher(teachers, params.input_norm, device) if teachers else None
     averages = tuple(WeightAverage(decay) for decay in job.get("ema", ()))
     last, history, _ = train(
-        model, splits["train"], splits["val"], params, keep, processes, distillation, averages
+        model,
+        splits["train"],
+        splits["val"],
+        params,
+        keep,
+        processes,
+        batch_loss=distillation.loss if distillation else None,
+        after_step=update_all(averages),
     )
     seconds = time.perf_counter() - started
     if job.get("save"):

@@ -122,60 +122,6 @@ def mix_batch(
     return x, y[partner], 1 - h * w / (height * width)
 
 
-@dataclass(frozen=True)
-class Distillation:
-    """Knowledge distillation (Hinton et al. 2015): the loss of a batch becomes
-    ``(1 - weight) * loss + weight * temperature**2 * KL(teacher || student)`` on the logits
-    softened by ``temperature``; ``teacher`` maps the batch the student sees (augmented, mixed)
-    to logits, for example a deep ensemble's averaged ones. Benchmarks only (bench/seeds.py)."""
-
-    teacher: Callable[[torch.Tensor], torch.Tensor]
-    weight: float = 0.5
-    temperature: float = 2.0
-
-    def loss(self, x: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = F.log_softmax(self.teacher(x).float() / self.temperature, dim=1)
-        student = F.log_softmax(logits.float() / self.temperature, dim=1)
-        kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
-        return (1 - self.weight) * loss + self.weight * self.temperature**2 * kl
-
-
-class WeightAverage:
-    """Exponential moving average of a model's weights and BatchNorm statistics over the
-    optimiser steps (Polyak averaging, as timm's ModelEmaV2 keeps it), with the start-up bias
-    corrected as Adam does: step ``i`` of ``n`` weighs ``(1 - decay) * decay**(n - i)``, the
-    weights summing to one. Integer buffers are copied. Benchmarks only (bench/seeds.py)."""
-
-    def __init__(self, decay: float):
-        if not 0 < decay < 1:
-            raise ValueError(f"a weight average's decay must lie in (0, 1), not {decay}")
-        self.decay, self.steps = decay, 0
-        self.sums: dict[str, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Add the model's current state (after an optimiser step)."""
-        self.steps += 1
-        for name, value in model.state_dict().items():
-            if not value.dtype.is_floating_point:
-                self.sums[name] = value.detach().clone()
-            elif name not in self.sums:
-                self.sums[name] = value.detach().float() * (1 - self.decay)
-            else:
-                self.sums[name].mul_(self.decay).add_(value.detach().float(), alpha=1 - self.decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The averaged state, on the CPU, for ``load_state_dict``."""
-        if not self.steps:
-            raise ValueError("no step has been averaged")
-        correction = 1 - self.decay**self.steps
-        return {
-            name: (value / correction if value.dtype.is_floating_point else value).cpu()
-            for name, value in self.sums.items()
-        }
-
-
 def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
     """``balanced``: n / (classes * n_c) per class, so both classes weigh the same; ``none``."""
     if mode == "none":
@@ -359,8 +305,8 @@ def train(
     params: TrainParams,
     on_epoch: Callable[[dict[str, float], nn.Module], None] = lambda record, model: None,
     processes: Processes | None = None,
-    distillation: Distillation | None = None,
-    averages: tuple[WeightAverage, ...] = (),
+    batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]], dict[str, float]]:
     """Train ``model`` (from ``build_model``); return it (eval mode, on the CPU), the per-epoch
     history, and a record of the epoch whose weights are returned.
@@ -373,8 +319,9 @@ def train(
     ``torch.distributed`` group when there are several) and its device; by default one process
     on the CPU. Each process trains on its share of every batch of ``params.batch_size``; the
     main process validates and decides, and its returned model is the one to keep.
-    ``distillation``: also learn from a teacher's logits (``Distillation``). ``averages``:
-    each ``WeightAverage`` is updated after every optimiser step (the returned model is not).
+    ``batch_loss(x, logits, loss)``: replaces a batch's loss (bench/training.py's distillation);
+    ``after_step(model)``: runs after every optimiser step (its weight averages). Hooks for the
+    benchmarks, which keep their code out of this stage's dependencies.
     """
     processes = processes or Processes()
     device = processes.device
@@ -431,14 +378,14 @@ def train(
                 if lam < 1:
                     partner = partner.to(device, non_blocking=True)
                     loss = lam * loss + (1 - lam) * criterion(logits.float(), partner)
-                if distillation is not None:
-                    loss = distillation.loss(x, logits, loss)
+                if batch_loss is not None:
+                    loss = batch_loss(x, logits, loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            for average in averages:
-                average.update(model)
+            if after_step is not None:
+                after_step(model)
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)

@@ -78,3 +78,54 @@ def test_training_does_not_depend_on_image_decoding():
     """The decoder (shared with the web app) feeds training through data/prepared only: a fix
     to it reruns prepare, and train only if the prepared arrays change."""
     assert "serving" not in import_closure("train") and "data" not in import_closure("train")
+
+
+def names_used(tree: ast.Module) -> set[str]:
+    """Names the module's code uses, strings and the annotations of functions aside (a
+    parameter typed with a class does not use it; a dataclass field's type does)."""
+    annotations = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg) and node.annotation is not None:
+            annotations |= {id(n) for n in ast.walk(node.annotation)}
+        elif isinstance(node, ast.FunctionDef) and node.returns is not None:
+            annotations |= {id(n) for n in ast.walk(node.returns)}
+    return {
+        n.id if isinstance(n, ast.Name) else n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Name | ast.Attribute) and id(n) not in annotations
+    }
+
+
+# Public names of stage modules that only benchmarks and tests call, each kept for a reason.
+OUTSIDE_THE_PIPELINE = {
+    ("src/pneumonia/prepared.py", "write_split"): "the split format's writer, beside its reader",
+}
+
+
+def test_stage_modules_hold_no_benchmark_only_code():
+    """A function or class in a stage's dependencies that nothing in the pipeline or the app
+    uses (only bench/ or the tests) belongs in bench/: changing it would retrain every
+    scheduled run for nothing. ``pneumonia.train.Distillation`` was such a class."""
+    deps = sorted(
+        {
+            dep
+            for stage in STAGES.values()
+            for dep in stage["deps"]
+            if dep.startswith("src/pneumonia/") and dep.endswith(".py")
+        }
+    )
+    served = [*(REPO / "src").rglob("*.py"), *(REPO / "django_app").rglob("*.py")]
+    code = {p.relative_to(REPO).as_posix(): p.read_text() for p in served if "tests" not in p.parts}
+    unused = []
+    for dep in deps:
+        tree = ast.parse(code[dep])
+        inside = names_used(tree)
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef | ast.ClassDef) or node.name.startswith("_"):
+                continue
+            name = re.compile(rf"\b{node.name}\b")
+            outside = any(name.search(text) for path, text in code.items() if path != dep)
+            used = outside or node.name in inside or node.name == "main"
+            if not used and (dep, node.name) not in OUTSIDE_THE_PIPELINE:
+                unused.append(f"{dep}: {node.name}")
+    assert not unused, f"used by no stage and not by the app (move to bench/?): {unused}"
