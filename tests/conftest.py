@@ -81,7 +81,13 @@ def tool_env(**extra: str) -> dict[str, str]:
     """Environment for subprocesses: this venv's tools first on PATH, no hosted services."""
     env = os.environ.copy()
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    for key in ("MLFLOW_TRACKING_URI", "PNEUMONIA_ROOT", "GITHUB_EVENT_NAME", "RETRAIN_TRIGGER"):
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "PNEUMONIA_ROOT",
+        "GITHUB_EVENT_NAME",
+        "RETRAIN_TRIGGER",
+        "RETRAIN_REASON",
+    ):
         env.pop(key, None)
     env.update(extra)
     return env

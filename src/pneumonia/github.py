@@ -1,12 +1,15 @@
 """The few GitHub REST calls the workflows make, as one tested project command.
 
     python -m pneumonia.github open-retrain-pr --branch retrain/20261126-42 --title "..." \\
-        --body-file report.md --verdict gate.json
+        --body-file report.md --verdict gate.json [--inputs FINGERPRINT] [--reason "..."]
     python -m pneumonia.github label-verdict --pr 12 --verdict gate.json
 
-``open-retrain-pr`` opens the pull request of a retraining run (``POST /repos/{repo}/pulls``),
-labels it when its model fails the gate, then closes every older open ``retrain/*`` pull request
-with a comment pointing to the new one, so retrain pull requests do not pile up.
+``open-retrain-pr`` opens the pull request of a retraining run (``POST /repos/{repo}/pulls``)
+with the reason and a record of its inputs and verdict in the body (``retrain_record``: what
+``pneumonia.retrain`` reads to skip inputs that failed), labels it when its model fails the
+gate, then closes each older open ``retrain/*`` pull request that is no better (a failing model
+never closes a passing one; of two passing, the higher served test accuracy stays), with a
+comment pointing to the new one, so retrain pull requests do not pile up.
 ``label-verdict`` puts the gate's verdict on a pull request: the label ``gate: failed`` when the
 model fails, removed when it passes (an unchanged model passes).
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ import requests
 RETRAIN_PREFIX = "retrain/"
 FAILED_LABEL = "gate: failed"
 FAILED_LABEL_COLOR = "d73a4a"
+RECORD = re.compile(r"<!-- retrain-record: (\{.*?\}) -->")
 
 
 class GitHubError(RuntimeError):
@@ -76,14 +81,18 @@ class GitHub:
             )
         return response.json() if response.content else None
 
-    def open_pull_requests(self) -> list[dict]:
+    def pull_requests(self, state: str = "open") -> list[dict]:
+        """Pull requests in ``state`` (open, closed, all), every page."""
         pulls, page = [], 1
         while True:
-            batch = self.call("GET", f"/pulls?state=open&per_page=100&page={page}")
+            batch = self.call("GET", f"/pulls?state={state}&per_page=100&page={page}")
             pulls += batch
             if len(batch) < 100:
                 return pulls
             page += 1
+
+    def open_pull_requests(self) -> list[dict]:
+        return self.pull_requests("open")
 
     def create_pull_request(self, head: str, base: str, title: str, body: str) -> dict:
         return self.call(
@@ -112,6 +121,14 @@ def gate_passed(verdict_file: Path) -> bool | None:
         return None
 
 
+def challenger_accuracy(verdict_file: Path) -> float | None:
+    """The served test accuracy of the model the gate judged (None when unknown)."""
+    try:
+        return float(json.loads(verdict_file.read_text())["challenger"]["accuracy"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def label_verdict(github: GitHub, number: int, passed: bool | None) -> str:
     """Label a failed model; take the label off when the model passes."""
     if passed:
@@ -121,11 +138,33 @@ def label_verdict(github: GitHub, number: int, passed: bool | None) -> str:
     return f"#{number}: labelled '{FAILED_LABEL}'"
 
 
+def retrain_record(body: str) -> dict:
+    """The record ``open_retrain_pr`` leaves in a retrain pull request's body ({} if none)."""
+    match = RECORD.search(body)
+    try:
+        return json.loads(match[1]) if match else {}
+    except ValueError:
+        return {}
+
+
+def _rank(passed: bool | None, accuracy: float | None) -> tuple[bool, float]:
+    return bool(passed), -1.0 if accuracy is None else float(accuracy)
+
+
 def open_retrain_pr(
-    github: GitHub, branch: str, title: str, body: str, passed: bool | None, base: str = "main"
+    github: GitHub,
+    branch: str,
+    title: str,
+    body: str,
+    passed: bool | None,
+    base: str = "main",
+    accuracy: float | None = None,
+    inputs: str = "",
+    reason: str = "",
 ) -> tuple[dict, list[int]]:
     """Open the retraining pull request, label it if its model fails the gate, and close the
-    older open retrain pull requests with a comment pointing to it. Returns (pr, closed)."""
+    older open retrain pull requests that are no better, with a comment pointing to it.
+    ``accuracy``: its served test accuracy (the gate's challenger). Returns (pr, closed)."""
     if not branch.startswith(RETRAIN_PREFIX):
         raise GitHubError(f"a retrain branch is named {RETRAIN_PREFIX}..., not {branch!r}")
     older = [
@@ -133,18 +172,34 @@ def open_retrain_pr(
         for p in github.open_pull_requests()
         if p["head"]["ref"].startswith(RETRAIN_PREFIX) and p["head"]["ref"] != branch
     ]
-    pr = github.create_pull_request(branch, base, title, body)
+    record = {"inputs": inputs, "passed": bool(passed), "accuracy": accuracy}
+    head = f"Reason: {reason}\n\n" if reason else ""
+    marker = f"\n\n<!-- retrain-record: {json.dumps(record, sort_keys=True)} -->\n"
+    pr = github.create_pull_request(branch, base, title, head + body + marker)
     if not passed:
         github.add_label(pr["number"], FAILED_LABEL)
-    closed = []
+    closed, kept = [], []
     for old in older:
+        known = retrain_record(old.get("body") or "")
+        old_passed = known.get(
+            "passed", FAILED_LABEL not in {label["name"] for label in old.get("labels", [])}
+        )
+        if _rank(passed, accuracy) < _rank(old_passed, known.get("accuracy")):
+            kept.append(old["number"])
+            continue
         github.comment(
             old["number"],
-            f"Superseded by #{pr['number']} ({pr['html_url']}), a newer retraining run. "
-            "Closed automatically; its branch is kept.",
+            f"Superseded by #{pr['number']} ({pr['html_url']}), a newer retraining run whose "
+            "model is at least as good. Closed automatically; its branch is kept.",
         )
         github.close(old["number"])
         closed.append(old["number"])
+    if kept:
+        github.comment(
+            pr["number"],
+            "Left open: " + ", ".join(f"#{n}" for n in kept) + " (an older retraining run whose "
+            "model is better: it passed the gate where this one did not, or scored higher).",
+        )
     return pr, closed
 
 
@@ -159,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     opening.add_argument("--title", required=True)
     opening.add_argument("--body-file", type=Path, required=True)
     opening.add_argument("--verdict", type=Path, required=True, help="pneumonia.gate --json")
+    opening.add_argument("--inputs", default="", help="pneumonia.retrain's inputs fingerprint")
+    opening.add_argument("--reason", default="", help="why the run was started")
     labelling = commands.add_parser("label-verdict", help="label a PR with the gate's verdict")
     labelling.add_argument("--pr", type=int, required=True)
     labelling.add_argument("--verdict", type=Path, required=True, help="pneumonia.gate --json")
@@ -168,7 +225,15 @@ def main(argv: list[str] | None = None) -> int:
         passed = gate_passed(args.verdict)
         if args.command == "open-retrain-pr":
             pr, closed = open_retrain_pr(
-                github, args.branch, args.title, args.body_file.read_text(), passed, args.base
+                github,
+                args.branch,
+                args.title,
+                args.body_file.read_text(),
+                passed,
+                args.base,
+                accuracy=challenger_accuracy(args.verdict),
+                inputs=args.inputs,
+                reason=args.reason,
             )
             print(f"github: opened #{pr['number']} {pr['html_url']}")
             for number in closed:

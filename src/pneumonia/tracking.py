@@ -220,6 +220,8 @@ def start_run(params: dict[str, Any]) -> str:
         "data.nfiles": str(data["nfiles"]),
         "trigger": trigger(),
     }
+    if os.environ.get("RETRAIN_REASON", "").strip():  # the retrain workflow's `reason` input
+        tags["reason"] = os.environ["RETRAIN_REASON"].strip()[:500]
     with mlflow.start_run(tags=tags) as run:
         mlflow.log_params(flatten_params(params))
         run_id = run.info.run_id

@@ -8,7 +8,14 @@ import sys
 
 import pytest
 
-from pneumonia.github import FAILED_LABEL, GitHub, GitHubError, label_verdict, open_retrain_pr
+from pneumonia.github import (
+    FAILED_LABEL,
+    GitHub,
+    GitHubError,
+    label_verdict,
+    open_retrain_pr,
+    retrain_record,
+)
 from tests.fake_github import FakeGitHub
 
 
@@ -31,11 +38,53 @@ def test_a_new_retrain_pr_closes_the_older_ones_and_only_those(github, client):
     older = github.add_pull("retrain/20261125-7", "a" * 40)
     human = github.add_pull("fix-typo", "b" * 40)
     pr, closed = open_retrain_pr(client, "retrain/20261126-8", "Retrained model", "report", True)
-    assert closed == [older] and pr["number"] == 3 and github.pull(3).body == "report"
+    assert closed == [older] and pr["number"] == 3 and github.pull(3).body.startswith("report")
     assert github.pull(older).state == "closed" and github.pull(human).state == "open"
     (note,) = github.comments_on(older)
     assert "Superseded by #3" in note.body and pr["html_url"] in note.body
     assert github.pull(3).labels == [], "a passing model gets no failure label"
+
+
+def test_a_retrain_pr_records_its_reason_inputs_and_verdict(github, client):
+    pr, _ = open_retrain_pr(
+        client,
+        "retrain/20261126-10",
+        "Retrained",
+        "report",
+        True,
+        accuracy=0.95,
+        inputs="0123456789abcdef",
+        reason="new scanner at site B",
+    )
+    body = github.pull(pr["number"]).body
+    assert body.startswith("Reason: new scanner at site B\n") and "report" in body
+    assert retrain_record(body) == {"inputs": "0123456789abcdef", "passed": True, "accuracy": 0.95}
+    assert retrain_record("a body without a record") == {}
+
+
+def test_a_failing_model_never_closes_a_better_one(github, client):
+    """Ranked by (passed the gate, served test accuracy): the newer run closes an older one
+    only when it is at least as good, and says which it left open."""
+
+    def older(run, passed, accuracy):
+        pr, _ = open_retrain_pr(
+            client, f"retrain/20261124-{run}", "old", "report", passed, accuracy=accuracy
+        )
+        return pr["number"]
+
+    passing, failing_high, failing_low = older(1, True, 0.94), older(2, False, 0.95), None
+    assert github.pull(passing).state == "open", "a failing run left the passing one open"
+    assert [c.body.startswith("Left open: #1") for c in github.comments_on(failing_high)] == [True]
+    failing_low = older(3, False, 0.90)
+    assert github.pull(failing_high).state == "open", "0.90 does not close 0.95"
+    pr, closed = open_retrain_pr(
+        client, "retrain/20261126-4", "new", "report", False, accuracy=0.95
+    )
+    assert closed == [failing_high, failing_low], "a failing 0.95 closes failing ones no better"
+    assert github.pull(passing).state == "open"
+    pr, closed = open_retrain_pr(client, "retrain/20261126-5", "new", "report", True, accuracy=0.94)
+    assert closed == [passing, pr["number"] - 1], "passing and as good: closes all"
+    assert "at least as good" in github.comments_on(passing)[-1].body
 
 
 def test_a_failing_retrain_pr_is_labelled(github, client):

@@ -21,7 +21,9 @@ def repro(tmp_path_factory, mlflow_server):
     work = tmp_path_factory.mktemp("e2e")
     dataset = copy_subset(work / "chest_xray", {"train": 24, "val": 4, "test": 8})
     repo = make_repo(work / "repo", dataset, TINY_PARAMS)
-    env = tool_env(MLFLOW_TRACKING_URI=mlflow_server, RETRAIN_TRIGGER="e2e-test")
+    env = tool_env(
+        MLFLOW_TRACKING_URI=mlflow_server, RETRAIN_TRIGGER="e2e-test", RETRAIN_REASON="new scanner"
+    )
     result = run(["dvc", "repro"], repo, env)
     return repo, env, result
 
@@ -145,6 +147,7 @@ def test_mlflow_has_the_run_and_a_registered_version(repro):
         and logged.data.params["prepare.image_size"] == "64"
     )
     assert logged.data.tags["trigger"] == "e2e-test"
+    assert logged.data.tags["reason"] == "new scanner"  # the workflow's `reason` input
     assert (
         logged.data.tags["data.md5"].endswith(".dir") and len(logged.data.tags["git.commit"]) == 40
     )
