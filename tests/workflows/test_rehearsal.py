@@ -365,6 +365,34 @@ def health(url: str) -> dict:
         return json.loads(response.read())
 
 
+def review(rehearsal, number: int, head: str, sha: str) -> tuple[int, str]:
+    """pr-review as GitHub runs it on pull_request_target: main's workflow and code at main's
+    commit, the pull request's commit only as refs/pull/N/head on origin."""
+    git(
+        rehearsal.work,
+        "--git-dir",
+        str(rehearsal.origin),
+        "update-ref",
+        f"refs/pull/{number}/head",
+        sha,
+    )
+    main = git(rehearsal.work, "--git-dir", str(rehearsal.origin), "rev-parse", "main")
+    payload = {
+        "number": number,
+        "pull_request": {
+            "number": number,
+            "head": {"ref": head, "sha": sha},
+            "base": {"ref": "main", "sha": main},
+        },
+    }
+    return rehearsal.act("pr-review", "pull_request_target", main, payload)
+
+
+def branches(rehearsal) -> str:
+    """The retrain/ branches on the rehearsal's origin."""
+    return git(rehearsal.work, "--git-dir", str(rehearsal.origin), "branch", "--list", "retrain/*")
+
+
 def retrain_pull(github: FakeGitHub):
     return [p for p in github.pulls if p.head.startswith("retrain/") and p.state == "open"]
 
@@ -398,15 +426,7 @@ def test_data_drop_without_a_model_opens_the_first_retrain_pr(rehearsal, github)
 
 def test_pr_review_posts_one_report_comment_updated_in_place(rehearsal, github):
     pr = STATE["pr"]
-    payload = {
-        "number": pr.number,
-        "pull_request": {
-            "number": pr.number,
-            "head": {"ref": pr.head, "sha": pr.head_sha},
-            "base": {"ref": "main", "sha": git(rehearsal.clone, "rev-parse", "main")},
-        },
-    }
-    code, log = rehearsal.act("pr-review", "pull_request", pr.head_sha, payload)
+    code, log = review(rehearsal, pr.number, pr.head, pr.head_sha)
     assert code == 0, log[-6000:]
     (comment,) = github.comments_on(pr.number)
     assert "## Model report" in comment.body and "CML watermark" in comment.body
@@ -418,8 +438,7 @@ def test_pr_review_posts_one_report_comment_updated_in_place(rehearsal, github):
         f.write("\nRetrained by the rehearsal.\n")
     sha = rehearsal.commit_and_push("README: note", branch=pr.head)
     pr.head_sha = sha
-    payload["pull_request"]["head"]["sha"] = sha
-    code, log = rehearsal.act("pr-review", "pull_request", sha, payload)
+    code, log = review(rehearsal, pr.number, pr.head, sha)
     assert code == 0, log[-6000:]
     assert len(github.comments_on(pr.number)) == 1
     posts = [e for e in github.log if e.startswith(f"POST /api/v3/repos/{OWNER_REPO}/issues/")]
@@ -436,9 +455,10 @@ def test_merging_the_first_model_deploys_it(rehearsal, github, heroku):
     github.pull(pr.number).state = "closed"
     code, log = rehearsal.act("deploy", "push", merged, {"ref": "refs/heads/main", "after": merged})
     assert code == 0, log[-6000:]
-    assert "the served model changed and passes the gate" in log
+    assert "nothing built from a commit is live on Heroku yet" in log, "the first release"
     served = json.loads((rehearsal.clone / "metrics/served.json").read_text())
     assert health(fake.web_url)["sha256"] == served["model"]["onnx_sha256"], "live app, web_url"
+    assert health(fake.web_url)["commit"] == merged, "the release names its commit"
     assert fake.rollbacks == [] and fake.releases[-1]["current"]
     from mlflow import MlflowClient
 
@@ -466,6 +486,35 @@ def test_scheduled_run_with_nothing_new_opens_no_pr(rehearsal, github):
     )
 
 
+def test_a_schedule_does_not_retry_inputs_whose_model_failed(rehearsal, github):
+    """Main's inputs changed (a learning rate) and a retrain pull request from exactly these
+    inputs failed the gate: the daily run names it and trains nothing."""
+    from pneumonia.github import FAILED_LABEL
+    from pneumonia.retrain import inputs_fingerprint
+
+    params = rehearsal.clone / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("lr: 0.001", "lr: 0.0015", 1))
+    rehearsal.commit_and_push("params: a learning rate to try")
+    try:
+        tried = github.add_pull("retrain/20261130-3", "c" * 40)
+        record = json.dumps(
+            {"inputs": inputs_fingerprint([], rehearsal.clone), "passed": False, "accuracy": 0.5}
+        )
+        github.pull(tried).body = f"report\n<!-- retrain-record: {record} -->"
+        github.pull(tried).labels.append(FAILED_LABEL)
+        github.pull(tried).state = "closed"
+        before, pushed = len(github.pulls), branches(rehearsal)
+        code, log = rehearsal.act("retrain", "schedule", "main", {"schedule": "17 3 * * *"})
+        assert code == 0, log[-6000:]
+        assert "Already tried" in log and f"#{tried}" in log and "force" in log, log[-6000:]
+        assert len(github.pulls) == before, "no pull request opened"
+        assert branches(rehearsal) == pushed, "no retrain branch pushed"
+    finally:
+        params.write_text(original)
+        rehearsal.commit_and_push("params: back to the default learning rate")
+
+
 def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal, github):
     git(rehearsal.clone, "checkout", "-q", "-B", "calibration", "main")
     params = yaml.safe_load((rehearsal.clone / "params.yaml").read_text())
@@ -476,15 +525,7 @@ def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal,
     rehearsal.sh(str(BIN / "dvc"), "push", "-q")
     sha = rehearsal.commit_and_push("Temperature scaling instead of Platt", branch="calibration")
     number = github.add_pull("calibration", sha)
-    payload = {
-        "number": number,
-        "pull_request": {
-            "number": number,
-            "head": {"ref": "calibration", "sha": sha},
-            "base": {"ref": "main"},
-        },
-    }
-    code, log = rehearsal.act("pr-review", "pull_request", sha, payload)
+    code, log = review(rehearsal, number, "calibration", sha)
     assert code != 0, "the gate is the job's status"
     assert "gate: FAIL" in log and "(+0.0000; must be > +0.0000)" in log
     assert github.pull(number).labels == ["gate: failed"]
@@ -492,6 +533,42 @@ def test_a_model_change_without_a_gain_fails_the_gate_and_is_labelled(rehearsal,
     assert "**Gate: :x: FAIL**" in comment.body and "| exact McNemar p-value | 1 |" in comment.body
     git(rehearsal.clone, "checkout", "-q", "main")
     rehearsal.sh(str(BIN / "dvc"), "checkout", "-q", "--allow-missing")
+    STATE["calibration"] = sha
+
+
+def test_a_pull_request_cannot_pass_by_editing_its_records_or_the_gate(rehearsal, github):
+    """The model of the failed pull request above, with every test answer rewritten to be right,
+    served.json claiming accuracy 1.0, and a gate.py that always passes: main's gate judges the
+    bundle and names the mismatch."""
+    git(rehearsal.clone, "checkout", "-q", "-B", "tampered", STATE["calibration"])
+    csv = rehearsal.clone / "metrics" / "served_test.csv"
+    rows = csv.read_text().splitlines()
+    right = [rows[0]]
+    for row in rows[1:]:
+        name, _, _ = row.split(",")
+        label = name.split("/")[1]
+        right.append(f"{name},{label},{0.99 if label == 'PNEUMONIA' else 0.01}")
+    csv.write_text("\n".join(right) + "\n")
+    served = rehearsal.clone / "metrics" / "served.json"
+    record = json.loads(served.read_text())
+    record["test"].update(accuracy=1.0, sensitivity=1.0, specificity=1.0)
+    served.write_text(json.dumps(record, indent=2) + "\n")
+    gate = rehearsal.clone / "src" / "pneumonia" / "gate.py"
+    gate.write_text(
+        gate.read_text()
+        + "\n\ndef run_gate(base, root=None, pull=False):  # always pass\n"
+        + "    return Verdict(True, UNCHANGED, ['trust me'])\n"
+    )
+    sha = rehearsal.commit_and_push("A perfect model, it says; and a friendlier gate", "tampered")
+    number = github.add_pull("tampered", sha)
+    code, log = review(rehearsal, number, "tampered", sha)
+    git(rehearsal.clone, "checkout", "-q", "main")
+    assert code != 0, "main's gate fails it: the job is red"
+    assert "the records do not match the bundle" in log and "served_test.csv" in log, log[-6000:]
+    assert "trust me" not in log, "the pull request's gate.py never ran"
+    assert github.pull(number).labels == ["gate: failed"]
+    (comment,) = github.comments_on(number)
+    assert "**Gate: :x: FAIL**" in comment.body and "do not match the bundle" in comment.body
 
 
 def test_a_new_data_drop_opens_a_pr_whose_report_says_so(rehearsal, github):
@@ -563,3 +640,34 @@ def test_a_failed_smoke_test_rolls_back_to_the_running_release(rehearsal, heroku
     assert time.monotonic() - started < 900
     procfile.write_text(good)
     rehearsal.commit_and_push("Web: revert the broken Procfile")
+
+
+def test_a_cancelled_model_deploy_is_caught_up_by_the_next_push(rehearsal, heroku):
+    """A model merge whose deploy never ran (GitHub cancels a pending run when a newer one
+    queues), then a docs merge: the docs push deploys the model, because the plan compares
+    main with the release Heroku runs; the smoke test waits for that commit on /health.
+    Re-running the model merge's deploy afterwards deploys nothing over the newer release."""
+    from pneumonia.served import identity
+
+    fake, _ = heroku
+    manifest_path = rehearsal.clone / "models" / "bundle" / "model.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["guard"]["threshold"] = manifest["guard"]["threshold"] * 1.5
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    served = json.loads((rehearsal.clone / "metrics" / "served.json").read_text())
+    served["model"] = identity(manifest)
+    (rehearsal.clone / "metrics" / "served.json").write_text(json.dumps(served, indent=2) + "\n")
+    rehearsal.sh(str(BIN / "dvc"), "commit", "-f", "-q", "export")
+    rehearsal.sh(str(BIN / "dvc"), "push", "-q")
+    model = rehearsal.commit_and_push("Guard refitted (its deploy is cancelled)")
+    with open(rehearsal.clone / "README.md", "a") as f:
+        f.write("\nA docs change after the model.\n")
+    docs = rehearsal.commit_and_push("README: docs after the model")
+    releases = len(fake.releases)
+    code, log = rehearsal.act("deploy", "push", docs, {"ref": "refs/heads/main", "after": docs})
+    assert code == 0, log[-6000:]
+    assert "against the live release" in log and "the served model changed" in log, log[-6000:]
+    assert len(fake.releases) == releases + 1 and health(fake.web_url)["commit"] == docs
+    code, log = rehearsal.act("deploy", "push", model, {"ref": "refs/heads/main", "after": model})
+    assert code == 0, log[-6000:]
+    assert "never deployed over" in log and len(fake.releases) == releases + 1
