@@ -110,6 +110,7 @@ class FakeHeroku:
     ):
         self.app, self.api_key, self.build_outcome, self.host = app, api_key, build_outcome, host
         self.blobs: dict[str, bytes] = {}
+        self.slugs: dict[str, dict] = {}  # id -> {"id", "commit"}: a build's slug
         self.builds: dict[str, dict] = {}
         self.releases = [
             {
@@ -118,6 +119,7 @@ class FakeHeroku:
                 "status": "succeeded",
                 "current": True,
                 "description": "initial",
+                "slug": None,  # Heroku's first release of a new app runs no slug
             }
         ]
         self.calls: list[tuple[str, str]] = []
@@ -139,7 +141,7 @@ class FakeHeroku:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
             return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
-    def _release(self, description: str) -> dict:
+    def _release(self, description: str, slug: dict | None = None) -> dict:
         for release in self.releases:
             release["current"] = False
         release = {
@@ -148,6 +150,7 @@ class FakeHeroku:
             "status": "succeeded",
             "current": True,
             "description": description,
+            "slug": slug,
         }
         self.releases.append(release)
         return release
@@ -198,6 +201,11 @@ class FakeHeroku:
                     if "order=desc" not in (self.headers.get("Range") or ""):
                         return self._send(200, fake.releases)
                     return self._send(206, list(reversed(fake.releases)))
+                if self.path.startswith(f"/apps/{fake.app}/slugs/"):
+                    slug = fake.slugs.get(self.path.rsplit("/", 1)[1])
+                    if slug is None:
+                        return self._send(404, {"id": "not_found", "message": "Not found."})
+                    return self._send(200, slug)
                 if self.path.startswith(f"/apps/{fake.app}/builds/"):
                     return self._send(200, fake.builds[self.path.rsplit("/", 1)[1]]["resource"])
                 return self._send(404, {"id": "not_found", "message": "Not found."})
@@ -226,7 +234,11 @@ class FakeHeroku:
                     self._send(201, resource)
                     # The build finishes right after it is first reported as pending.
                     if fake.build_outcome == "succeeded":
-                        release = fake._release(f"Build {build_id}")
+                        slug_id = str(uuid.uuid4())
+                        commit = body["source_blob"].get("version")
+                        fake.slugs[slug_id] = {"id": slug_id, "commit": commit}
+                        resource["slug"] = {"id": slug_id}
+                        release = fake._release(f"Build {build_id}", {"id": slug_id})
                         if fake.host:
                             fake.host.release(release["version"], fake.blobs[blob])
                         resource["release"] = {"id": release["id"]}
@@ -235,7 +247,7 @@ class FakeHeroku:
                 if self.path == f"/apps/{fake.app}/releases":
                     target = next(r for r in fake.releases if r["id"] == body["release"])
                     fake.rollbacks.append(target["id"])
-                    release = fake._release(f"Rollback to v{target['version']}")
+                    release = fake._release(f"Rollback to v{target['version']}", target["slug"])
                     if fake.host and target["version"] in fake.host.slugs:
                         fake.host.slugs[release["version"]] = fake.host.slugs[target["version"]]
                         fake.host.start(release["version"])

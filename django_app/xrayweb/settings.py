@@ -11,6 +11,7 @@ FEEDBACK_STORAGE   where consented feedback images go: s3://bucket/prefix (crede
 DJANGO_BEHIND_PROXY 1 on Heroku: take the client address from X-Forwarded-For (login throttle)
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -46,6 +47,20 @@ CSRF_TRUSTED_ORIGINS = [f"https://{h.lstrip('.')}" for h in ALLOWED_HOSTS if h n
 # build), else the pipeline's output in the repository.
 _packaged, _pipeline = BASE_DIR / "model", BASE_DIR.parent / "models" / "bundle"
 MODEL_DIR = Path(os.environ.get("MODEL_DIR") or (_packaged if _packaged.is_dir() else _pipeline))
+
+
+def _release_commit(path: Path) -> str | None:
+    """The source commit the slug was packaged from (release.json, pneumonia.package); None
+    when run from the repository."""
+    try:
+        commit = json.loads(path.read_text()).get("commit")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return commit if isinstance(commit, str) and commit else None
+
+
+# /health reports it: the deploy's smoke test waits for the new release's commit.
+RELEASE_COMMIT = _release_commit(BASE_DIR / "release.json")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

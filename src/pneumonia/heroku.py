@@ -8,7 +8,9 @@ since June 2023 live at ``NAME-<random>.herokuapp.com``, so the name alone does 
 ``--url`` overrides it, e.g. for a custom domain); remember the current release; upload the
 folder as a source tarball (``POST /sources``, ``PUT`` to its ``put_url``); build it
 (``POST /apps/{app}/builds``) and wait; smoke-test the live app (``/health`` must report the
-new model's sha256, and one real prediction must succeed); when the smoke test fails, roll back
+new model's sha256 and the release's source commit from the folder's ``release.json``, so that
+dynos still running the previous release do not pass it; then one real prediction must
+succeed); when the smoke test fails, roll back
 to the remembered release (``POST /apps/{app}/releases``) and fail. A failed build releases
 nothing, so there is nothing to roll back.
 """
@@ -86,6 +88,15 @@ class HerokuClient:
                 return release
         return None
 
+    def live_commit(self) -> str | None:
+        """The source commit of the release Heroku runs now (its slug's ``commit``, which a
+        build takes from ``source_blob.version``); None when nothing has been deployed."""
+        release = self.current_release()
+        slug = (release or {}).get("slug") or {}
+        if not slug.get("id"):
+            return None
+        return (self.request("GET", f"/apps/{self.app}/slugs/{slug['id']}") or {}).get("commit")
+
     def upload_source(self, tarball: bytes) -> str:
         blob = self.request("POST", "/sources")["source_blob"]
         try:  # a presigned URL: no API headers, an empty Content-Type (Heroku's docs)
@@ -135,21 +146,31 @@ def smoke_test(
     token: str,
     timeout: float = 180,
     poll: float = 3,
+    expected_commit: str | None = None,
 ) -> dict:
-    """Wait until the live app serves ``expected_sha256``, then make one real prediction with
-    the API ``token`` of a dedicated smoke-test account."""
+    """Wait until the live app serves ``expected_sha256`` (and, when given, reports the release
+    ``expected_commit``), then make one real prediction with the API ``token`` of a dedicated
+    smoke-test account."""
     deadline, last = time.monotonic() + timeout, "no answer"
     base = app_url.rstrip("/")
+    wanted = f"sha256 {expected_sha256}" + (
+        f" at commit {expected_commit}" if expected_commit else ""
+    )
     while True:
         try:
             health = requests.get(f"{base}/health", timeout=15).json()
-            if health.get("sha256") == expected_sha256:
+            if health.get("sha256") == expected_sha256 and (
+                expected_commit is None or health.get("commit") == expected_commit
+            ):
                 break
-            last = f"/health reports model sha256 {health.get('sha256')}"
-        except (requests.RequestException, ValueError) as exc:
+            last = (
+                f"/health reports model sha256 {health.get('sha256')} at commit "
+                f"{health.get('commit')}"
+            )
+        except (requests.RequestException, ValueError, AttributeError) as exc:
             last = f"/health failed: {exc}"
         if time.monotonic() > deadline:
-            raise DeployError(f"smoke test: the app never served sha256 {expected_sha256}: {last}")
+            raise DeployError(f"smoke test: the app never served {wanted}: {last}")
         time.sleep(poll)
     try:
         response = requests.post(
@@ -176,6 +197,14 @@ def smoke_test(
     return prediction
 
 
+def release_commit(folder: Path) -> str | None:
+    """The source commit ``pneumonia.package`` wrote into the folder's ``release.json``."""
+    try:
+        return json.loads((folder / "release.json").read_text()).get("commit") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 @dataclass
 class DeployResult:
     build_id: str
@@ -198,6 +227,7 @@ def deploy(
     """Build ``folder`` on Heroku, smoke-test it at ``app_url`` (None: the app's ``web_url``),
     roll back if the smoke test fails."""
     manifest = json.loads((Path(folder) / "model" / "model.json").read_text())
+    commit = release_commit(Path(folder))
     app_url = app_url or client.web_url()  # before building: an unknown app deploys nothing
     previous = client.current_release()
     source_url = client.upload_source(make_tarball(folder))
@@ -205,7 +235,12 @@ def deploy(
     release_id = (build.get("release") or {}).get("id")
     try:
         prediction = smoke_test(
-            app_url, manifest["onnx_sha256"], sample, token, timeout=smoke_timeout
+            app_url,
+            manifest["onnx_sha256"],
+            sample,
+            token,
+            timeout=smoke_timeout,
+            expected_commit=commit,
         )
     except DeployError as exc:
         if previous is None:

@@ -1,9 +1,11 @@
 """Build the folder that is deployed to Heroku: ``django_app/`` plus the serving bundle.
 
-    python -m pneumonia.package --out build/heroku-app
+    python -m pneumonia.package --out build/heroku-app [--commit SHA]
 
 The bundle lands in ``model/`` inside the app (where the app's settings look for it), after its
-sha256 is checked against ``model.json``, and the serving code the pipeline uses
+sha256 is checked against ``model.json``; ``release.json`` names the source commit (``--commit``,
+default ``$GITHUB_SHA``), which the app's ``/health`` reports so that the deploy's smoke test
+knows it is talking to the new release; and the serving code the pipeline uses
 (``src/pneumonia/serving.py``) lands in ``pneumonia/serving.py``, where the app imports it: one
 source for decoding, preprocessing, calibration and the heat map. Local files that must never
 ship (SQLite database, collected static files, caches) are left out. The folder is written
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -33,8 +36,12 @@ class PackageError(RuntimeError):
     pass
 
 
-def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
-    """Copy the app and the bundle into ``out_dir``; return the bundle's manifest."""
+RELEASE_FILE = "release.json"  # at the slug's root: {"commit": ...}; the app's settings read it
+
+
+def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path, commit: str | None = None) -> dict:
+    """Copy the app and the bundle into ``out_dir`` (with ``commit``: its ``release.json``);
+    return the bundle's manifest."""
     manifest_path, onnx_path = bundle_dir / "model.json", bundle_dir / "model.onnx"
     if not manifest_path.is_file() or not onnx_path.is_file():
         raise PackageError(
@@ -52,6 +59,8 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path) -> dict:
         (staging / "model").mkdir()
         for name in ("model.onnx", "model.json"):
             shutil.copy2(bundle_dir / name, staging / "model" / name)
+        if commit:
+            (staging / RELEASE_FILE).write_text(json.dumps({"commit": commit}) + "\n")
     return manifest
 
 
@@ -89,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app", type=Path, default=APP_DIR)
     parser.add_argument("--bundle", type=Path, default=config.BUNDLE_DIR)
     parser.add_argument("--out", type=Path, default=config.ROOT / "build" / "heroku-app")
+    parser.add_argument(
+        "--commit", default=os.environ.get("GITHUB_SHA"), help="the source commit (release.json)"
+    )
     args = parser.parse_args(argv)
     try:
-        manifest = package_app(args.app, args.bundle, args.out)
+        manifest = package_app(args.app, args.bundle, args.out, args.commit)
     except PackageError as exc:
         print(f"package: error: {exc}", file=sys.stderr)
         return 1

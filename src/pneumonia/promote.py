@@ -1,6 +1,11 @@
 """Record a deployed model in MLflow: its registered version gets the ``production`` alias.
 
     MLFLOW_TRACKING_URI=... python -m pneumonia.promote --bundle models/bundle
+    MLFLOW_TRACKING_URI=... python -m pneumonia.promote --check   # before a deploy
+
+``--check`` only connects (a cold server is waited for, ``tracking.SERVER_WAIT_SECONDS``): the
+deploy runs it before building on Heroku, so that a tracking server that is down stops the
+deploy before anything goes live, not after.
 
 The version is the one whose ``served_identity`` tag matches the bundle's (the export stage tags
 every version it registers: the ONNX file, calibration, threshold, input and labels; versions
@@ -96,11 +101,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bundle", type=Path, default=config.BUNDLE_DIR)
     parser.add_argument("--app", default=os.environ.get("HEROKU_APP_NAME"))
+    parser.add_argument("--check", action="store_true", help="only check that MLflow answers")
     args = parser.parse_args(argv)
+    if args.check:
+        try:
+            tracking.connect()
+        except tracking.TrackingUnavailableError as exc:
+            print(f"promote: error: {exc} Nothing was deployed.", file=sys.stderr)
+            return 1
+        print(f"promote: MLflow at {tracking._public_uri(tracking.tracking_uri())} answers")
+        return 0
     try:
         done = promote(args.bundle, args.app)
     except tracking.TrackingUnavailableError as exc:
-        print(f"promote: error: {exc}", file=sys.stderr)
+        print(
+            f"promote: error: {exc} The release is live but the '{PRODUCTION_ALIAS}' alias was "
+            "not moved: re-run the deploy job when MLflow answers (this commit is live, so it "
+            "deploys nothing again and moves the alias).",
+            file=sys.stderr,
+        )
         return 1
     replaced = done["previous"] not in (None, done["version"])
     print(

@@ -1,6 +1,13 @@
 """What a push to main deploys: the served model, the app with the current model, or nothing.
 
-    python -m pneumonia.release --base HEAD^1
+    python -m pneumonia.release --base live     # what the deploy workflow runs
+    python -m pneumonia.release --base HEAD^1   # against a revision
+
+``--base live`` compares with the release Heroku runs now (its slug's source commit, from the
+Platform API: ``HEROKU_API_KEY``, ``HEROKU_APP_NAME``), not with the previous commit, so a
+deploy that was cancelled or failed is caught up by the next push, whatever it changes. This
+commit live already: nothing to do. The live release newer than this commit (an old run
+re-run): nothing is deployed over it. Nothing live yet: main's model and app are deployed.
 
 Deploys follow what is served:
 - the served model changed (``metrics/served.json``'s identity against ``--base``): the gate
@@ -18,13 +25,14 @@ and the summary to ``$GITHUB_STEP_SUMMARY`` when set. Exit status 0 when decided
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from pneumonia import config
-from pneumonia.gate import against_base, run_gate
+from pneumonia.gate import MetricsError, against_base, rev_exists, run_gate
 from pneumonia.package import SLUG_SOURCES
 from pneumonia.retrain import append_github_file
 
@@ -32,7 +40,7 @@ from pneumonia.retrain import append_github_file
 @dataclass
 class Plan:
     deploy: bool
-    what: str  # "model" | "app" | "none"
+    what: str  # "model" | "app" | "none" | "live" (this commit runs already)
     summary: str
 
 
@@ -69,10 +77,74 @@ def plan_deploy(base: str, root: Path | None = None, pull: bool = False) -> Plan
     return Plan(False, "none", f"{why}: nothing to deploy")
 
 
+LIVE = "live"
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+
+
+def plan_against_live(live: str | None, root: Path | None = None, pull: bool = False) -> Plan:
+    """Decide what HEAD deploys when ``live`` is the source commit Heroku runs (None: none)."""
+    root = root or config.ROOT
+    head = _git(root, "rev-parse", "HEAD").stdout.strip()
+    if not live:
+        return Plan(
+            True,
+            "model",
+            "nothing built from a commit is live on Heroku yet: deploying this "
+            "commit's served model and app",
+        )
+    if not rev_exists(live, root):
+        raise MetricsError(
+            f"the live release's commit {live[:12]} is not in this checkout's history: check out "
+            "with the whole history (actions/checkout fetch-depth: 0), or, if it was deployed "
+            "from a branch that is gone, deploy main once by hand (python -m pneumonia.heroku)"
+        )
+    live = _git(root, "rev-parse", f"{live}^{{commit}}").stdout.strip()
+    if live == head:
+        return Plan(
+            False,
+            "live",
+            f"this commit ({head[:12]}) is live already: nothing to deploy (the "
+            "MLflow production alias is still recorded)",
+        )
+    if _git(root, "merge-base", "--is-ancestor", live, head).returncode != 0:
+        return Plan(
+            False,
+            "none",
+            f"the live release ({live[:12]}) is not an ancestor of this commit "
+            f"({head[:12]}): it is newer (an older run re-run?) or from another branch; an older "
+            "commit is never deployed over it, nothing deployed",
+        )
+    plan = plan_deploy(live, root, pull)
+    return Plan(plan.deploy, plan.what, f"against the live release {live[:12]}: {plan.summary}")
+
+
+def live_commit() -> str | None:
+    """The source commit of Heroku's current release (HEROKU_APP_NAME, HEROKU_API_KEY)."""
+    from pneumonia.heroku import DeployError, HerokuClient
+
+    app = os.environ.get("HEROKU_APP_NAME", "")
+    try:
+        if not app:
+            raise DeployError("no app name: set HEROKU_APP_NAME (the repository variable)")
+        return HerokuClient(app, os.environ.get("HEROKU_API_KEY", "")).live_commit()
+    except DeployError as exc:
+        raise MetricsError(f"the live release could not be read from Heroku: {exc}") from None
+
+
+def decide(base: str, root: Path | None = None, pull: bool = False) -> Plan:
+    """``plan_deploy`` against ``base``, or against what is live for ``--base live``."""
+    if base == LIVE:
+        return plan_against_live(live_commit(), root, pull)
+    return plan_deploy(base, root, pull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    what = "the revision served before this push"
-    _, run = against_base("release", __doc__, "HEAD^1", what, argv)
-    plan = run(plan_deploy)
+    what = "`live` (the release Heroku runs) or a revision"
+    _, run = against_base("release", __doc__, LIVE, what, argv)
+    plan = run(decide)
     if plan is None:
         return 2
     print(f"release: {plan.summary}")

@@ -219,6 +219,37 @@ def test_a_bundle_that_is_not_the_recorded_one_fails(repo, tmp_path):
     assert "but dvc.lock names" in result.stdout and "has sha256" in result.stdout
 
 
+def test_the_deploy_follows_what_is_live_not_the_previous_commit(repo, tmp_path):
+    """A model merge whose deploy was cancelled, then a docs merge: against the previous commit
+    the docs deploy nothing and production stays behind for good; against the live release
+    the model ships. An older commit never replaces a newer live one."""
+    from pneumonia.gate import MetricsError
+    from pneumonia.release import plan_against_live
+
+    live = run(["git", "rev-parse", "main"], repo).stdout.strip()
+    branch(repo, "missed-deploy")
+    refit_guard(repo)
+    commit(repo, "guard refitted (its deploy was cancelled)")
+    model = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    (repo / "README.md").write_text("docs after the model\n")
+    commit(repo, "docs")
+    code, outputs, _ = plan(repo, tmp_path, "HEAD^1")
+    assert code == 0 and outputs["deploy"] == "false", "the previous commit's view: nothing"
+    caught_up = plan_against_live(live, repo)
+    assert caught_up.deploy and caught_up.what == "model", caught_up.summary
+    assert caught_up.summary.startswith(f"against the live release {live[:12]}: ")
+    head = run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    again = plan_against_live(head, repo)
+    assert not again.deploy and again.what == "live" and "live already" in again.summary
+    run(["git", "checkout", "-q", model], repo)  # an old deploy run re-run
+    older = plan_against_live(head, repo)
+    assert not older.deploy and older.what == "none" and "never deployed over" in older.summary
+    first = plan_against_live(None, repo)
+    assert first.deploy and "nothing built from a commit is live" in first.summary
+    with pytest.raises(MetricsError, match="not in this checkout's history"):
+        plan_against_live("0" * 40, repo)
+
+
 def test_app_change_deploys_the_app_with_the_current_model(repo, tmp_path):
     branch(repo, "app-fix")
     (repo / "django_app").mkdir(exist_ok=True)

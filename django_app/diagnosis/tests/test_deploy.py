@@ -63,12 +63,15 @@ HTTPS = {"X-Forwarded-Proto": "https"}  # what Heroku's router adds in front of 
 BROWSER_PASSWORD = "Lung-Field-Check-2026"
 
 
+RUNNING_COMMIT = "a" * 40  # the commit the booted app was packaged from
+
+
 @pytest.fixture(scope="session")
 def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
     import psycopg
 
     build = tmp_path_factory.mktemp("heroku") / "app"
-    package_app(APP, bundle_dir, build)
+    package_app(APP, bundle_dir, build, commit=RUNNING_COMMIT)
     database = f"xray_boot_{secrets.token_hex(4)}"
     admin = database_url()
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -157,6 +160,7 @@ def test_booted_app_serves_the_packaged_model(heroku_app, bundle_dir):
     manifest = json.loads((bundle_dir / "model.json").read_text())
     assert status == 200 and health["model_loaded"] is True
     assert health["sha256"] == manifest["onnx_sha256"]
+    assert health["commit"] == RUNNING_COMMIT, "release.json, written by pneumonia.package"
     status, headers, _ = get(f"{heroku_app['url']}/static/diagnosis/app.css", HTTPS)
     assert status == 200 and headers["Content-Type"].startswith("text/css")  # whitenoise
 
@@ -291,6 +295,7 @@ def test_deploy_builds_smoke_tests_and_keeps_the_release(
         == json.loads((bundle_dir / "model.json").read_text())["onnx_sha256"]
     )
     assert fake_heroku.builds[result.build_id]["resource"]["source_blob"]["version"] == "abc123"
+    assert heroku_client(fake_heroku).live_commit() == "abc123", "the slug's commit"
 
 
 def test_the_command_smoke_tests_the_web_url_heroku_reports(
@@ -328,6 +333,28 @@ def test_the_command_smoke_tests_the_web_url_heroku_reports(
     assert result.returncode == 0, result.stderr
     assert f"to {heroku_app['url']}/; smoke test predicted" in result.stdout
     assert fake_heroku.rollbacks == [] and ("GET", f"/apps/{fake_heroku.app}") in fake_heroku.calls
+
+
+def test_the_smoke_test_waits_for_the_new_commit_not_only_the_model(
+    fake_heroku, heroku_app, bundle_dir, samples, tmp_path
+):
+    """An app-only release keeps the model: the dynos of the previous release (here the one
+    running at RUNNING_COMMIT) serve the same sha256, so only the commit tells them apart. A
+    release whose commit never appears is rolled back, and live_commit reads Heroku's."""
+    from pneumonia.heroku import DeployError, deploy
+
+    folder = tmp_path / "app"
+    package_app(APP, bundle_dir, folder, commit="f" * 40)
+    fake_heroku.web_url = heroku_app["url"] + "/"
+    client = heroku_client(fake_heroku)
+    assert client.live_commit() is None, "a new app's first release runs no slug"
+    with pytest.raises(DeployError) as caught:
+        deploy(client, folder, "f" * 40, None, samples[0], heroku_app["token"], 6, 0.05)
+    message = str(caught.value)
+    assert "never served sha256" in message and f"at commit {'f' * 40}" in message
+    assert "reports model sha256" in message and f"at commit {RUNNING_COMMIT}" in message
+    assert "rolled back to release v1" in message
+    assert client.live_commit() is None, "the rolled-back release runs what v1 ran"
 
 
 def test_failed_build_releases_nothing(fake_heroku, bundle_dir, samples, tmp_path):

@@ -114,7 +114,10 @@ def test_health_tells_the_public_status_and_model_version_only(client, settings,
     from diagnosis import inference
 
     body = client.get("/health").json()
-    assert set(body) == {"status", "model_loaded", "version", "sha256"}
+    assert set(body) == {"status", "model_loaded", "version", "sha256", "commit"}
+    assert body["commit"] is None, "run from the repository: no release.json"
+    settings.RELEASE_COMMIT = "b" * 40  # a packaged slug's (pneumonia.package --commit)
+    assert client.get("/health").json()["commit"] == "b" * 40
     settings.MODEL_DIR = tmp_path / "missing"
     inference.reset()
     down = client.get("/health")

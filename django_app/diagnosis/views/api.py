@@ -43,10 +43,16 @@ def health(request: HttpRequest) -> JsonResponse:
             {"status": "error", "model_loaded": False, "error": "The model is not loaded."},
             status=503,
         )
-    # Public: status and the model's identity (the deploy's smoke test compares the sha256);
-    # provenance (data version, git commit) is on the model card.
+    # Public: status, the model's identity and the release's source commit (the deploy's smoke
+    # test waits for both); the model's provenance (data version, git commit) is on its card.
     return JsonResponse(
-        {"status": "ok", "model_loaded": True, "version": model.version, "sha256": model.sha256}
+        {
+            "status": "ok",
+            "model_loaded": True,
+            "version": model.version,
+            "sha256": model.sha256,
+            "commit": settings.RELEASE_COMMIT,
+        }
     )
 
 
