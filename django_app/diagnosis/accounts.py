@@ -9,6 +9,7 @@ rather than the name itself, so guessing cannot lock a clinician out.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import unicodedata
 from datetime import timedelta
 
@@ -68,11 +69,20 @@ def api_login_required(view):
     return wrapped
 
 
+# What a forged X-Forwarded-For that is no address counts as: one key for all such requests, so
+# that they throttle each other and never the proxy's own address (every client's REMOTE_ADDR).
+NOT_AN_ADDRESS = "forwarded-not-an-address"
+
+
 def client_address(request: HttpRequest) -> str:
     if settings.BEHIND_PROXY:
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         if forwarded:
-            return forwarded.split(",")[-1].strip()  # the address the proxy itself saw
+            last = forwarded.split(",")[-1].strip()  # the address the proxy itself saw
+            try:
+                return str(ipaddress.ip_address(last))
+            except ValueError:
+                return NOT_AN_ADDRESS
     return request.META.get("REMOTE_ADDR", "")
 
 

@@ -102,6 +102,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 SESSION_COOKIE_AGE = 8 * 3600  # a working shift
+SESSION_ENGINE = "diagnosis.sessions"  # database sessions that refuse keys Django never issues
 LOGIN_FAILURE_LIMIT = 5  # failed sign-ins per (address, user name) and per address, ...
 LOGIN_FAILURE_LIMIT_PER_USER = 25  # ... per user name from all addresses together, ...
 LOGIN_LOCKOUT_SECONDS = 15 * 60  # ... within this window lock further attempts for its rest

@@ -363,16 +363,20 @@ def _dicom_to_uint8(pixels, ds, slope, intercept, center, width, has_lut) -> np.
         return values
 
     try:
-        low, high = np.inf, -np.inf
-        for start in range(0, pixels.shape[0], BAND_ROWS):
-            values = transformed(pixels[start : start + BAND_ROWS])
-            low, high = min(low, float(values.min())), max(high, float(values.max()))
-        out = np.zeros(pixels.shape, np.uint8)
-        for start in range(0, pixels.shape[0], BAND_ROWS):
-            values = transformed(pixels[start : start + BAND_ROWS])
-            out[start : start + BAND_ROWS] = window_to_uint8(values, low, high)
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
-        raise _dicom_unreadable("its rescale or window settings are invalid") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about float input to a VOI LUT
+            low, high = np.inf, -np.inf
+            for start in range(0, pixels.shape[0], BAND_ROWS):
+                values = transformed(pixels[start : start + BAND_ROWS])
+                low, high = min(low, float(values.min())), max(high, float(values.max()))
+            out = np.zeros(pixels.shape, np.uint8)
+            for start in range(0, pixels.shape[0], BAND_ROWS):
+                values = transformed(pixels[start : start + BAND_ROWS])
+                out[start : start + BAND_ROWS] = window_to_uint8(values, low, high)
+    except MemoryError:
+        raise
+    except Exception:  # every pydicom LUT and window step is hostile input (struct.error, ...)
+        raise _dicom_unreadable("its rescale, window or VOI LUT settings are invalid") from None
     return out
 
 

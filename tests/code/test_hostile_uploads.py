@@ -62,6 +62,20 @@ def test_bad_dicom_window_or_rescale_is_a_clear_refusal(elements, message):
         read_image(data)
 
 
+@pytest.mark.parametrize("descriptor", [[256, 0, 8], [4096, 0, 16], [0, 0, 16]])
+def test_a_voi_lut_shorter_than_its_descriptor_is_a_clear_refusal(descriptor):
+    """10 entries where the descriptor says 256 or 4096 (0 means 65536): pydicom's
+    apply_voi_lut raised struct.error, a 500 on the web and the API."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    lut = Dataset()
+    lut.LUTDescriptor = descriptor
+    lut.LUTData = np.arange(10, dtype=np.uint16).tobytes()
+    with pytest.raises(InvalidImage, match="VOI LUT settings are invalid"):
+        read_image(dicom(64, 64, VOILUTSequence=Sequence([lut])))
+
+
 def test_a_dicom_without_its_preamble_is_read():
     with_preamble, without = dicom(64, 64), dicom(64, 64, preamble=False)
     assert not without.startswith(b"\0" * 128)

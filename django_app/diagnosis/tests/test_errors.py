@@ -33,6 +33,45 @@ def test_a_nul_byte_anywhere_is_a_400(method, url, data, staff):
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        'sessionid="abcdefgh\\000ijklmnop"',
+        "sessionid=abcdefgh\x00ijklmnop",
+        "sessionid=" + "a" * 300,
+    ],
+)
+def test_a_session_cookie_django_never_issued_is_no_session(cookie, db):
+    """A NUL in the session key reached PostgreSQL and failed there: an unauthenticated 500."""
+    client = Client(raise_request_exception=False)
+    for page in ("/", "/history", "/account/login"):
+        response = client.get(page, HTTP_COOKIE=cookie)
+        assert response.status_code in (200, 302), (page, response.status_code)
+
+
+def test_a_forwarded_address_that_is_no_address_is_no_500(clinician, settings):
+    """Behind the proxy, a 400-character last X-Forwarded-For entry gave a 500; such requests
+    are throttled together, apart from real addresses."""
+    from diagnosis.accounts import NOT_AN_ADDRESS, client_address
+
+    settings.BEHIND_PROXY = True
+    client = Client(raise_request_exception=False)
+    forged = "203.0.113.9, " + "9" * 400
+    response = client.post(
+        "/account/login",
+        {"username": "dr_ada", "password": "wrong"},
+        HTTP_X_FORWARDED_FOR=forged,
+    )
+    assert response.status_code in (200, 400, 429), response.status_code
+
+    class Request:
+        META = {"HTTP_X_FORWARDED_FOR": forged, "REMOTE_ADDR": "10.0.0.1"}
+
+    assert client_address(Request) == NOT_AN_ADDRESS
+    Request.META = {"HTTP_X_FORWARDED_FOR": "x, 2001:DB8::1", "REMOTE_ADDR": "10.0.0.1"}
+    assert client_address(Request) == "2001:db8::1"
+
+
 def test_revoking_a_token_with_a_non_numeric_id_is_a_404(clinician):
     client = logged_in(clinician)
     client.raise_request_exception = False
