@@ -48,7 +48,9 @@ def branch(repo, name: str, base: str = "main") -> None:
     env = tool_env()
     run(["git", "checkout", "-q", "-f", base], repo, env)
     run(["git", "checkout", "-q", "-B", name], repo, env)
-    run(["dvc", "checkout", "-q"], repo, env, check=False)
+    # --force: a test that wrote over the bundle leaves it modified, and a plain checkout keeps
+    # a modified output (it fails in a non-interactive shell) instead of restoring main's.
+    run(["dvc", "checkout", "-f", "-q"], repo, env)
 
 
 def commit(repo, message: str) -> None:
