@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,46 @@ def data_change(base: str, root: Path) -> str:
     )
 
 
+def split_reuse(base: str, root: Path) -> str:
+    """How many champions the base branch's history chose on the test split this model was
+    scored on: every model merged on that split was picked by looking at it, so its figures
+    are more optimistic the more often it has decided (adaptive overfitting)."""
+
+    def fingerprint(text: str | None) -> str | None:
+        try:
+            return json.loads(text).get("test_data") if text else None
+        except (ValueError, AttributeError):
+            return None
+
+    here_path = root / "metrics" / "served.json"
+    here = fingerprint(here_path.read_text() if here_path.is_file() else None)
+    if here is None:
+        return "Test split: this branch records no fingerprint of its test data."
+    log = subprocess.run(
+        ["git", "log", "--format=%H", base, "--", "metrics/served.json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    commits = log.stdout.split() if log.returncode == 0 else []
+    chosen = sum(fingerprint(git_show(c, "metrics/served.json", root)) == here for c in commits)
+    shallow = subprocess.run(
+        ["git", "rev-parse", "--is-shallow-repository"], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    counted = f"at least {chosen}" if shallow == "true" else str(chosen)
+    if chosen == 0:
+        return (
+            f"Test split `{here[:12]}`: new, no champion on `{base}` was chosen on it; "
+            "this is its first decision."
+        )
+    return (
+        f"Test split `{here[:12]}`: {counted} champion(s) on `{base}` were chosen on it before "
+        "this decision (pull requests that failed the gate looked at it too and are not "
+        "counted). Each reuse makes its figures more optimistic: new test cases "
+        "(`python -m pneumonia.ingest --split test`) renew it."
+    )
+
+
 def served_model(bundle_dir: Path) -> str | None:
     """One line on what the bundle serves: the INT8 model's test accuracy beside the trained
     model's (the metrics above), or the float graph; None without a bundle."""
@@ -195,6 +236,8 @@ def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/
         "### Data",
         "",
         data_change(base, root),
+        "",
+        split_reuse(base, root),
         "",
         "### Parameters",
         "",

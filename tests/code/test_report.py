@@ -1,10 +1,11 @@
-"""The PR report's lines on training and on the served model."""
+"""The PR report's lines on training, on the served model and on the test split's reuse."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 
-from pneumonia.report import served_model, training
+from pneumonia.report import served_model, split_reuse, training
 
 
 def test_served_model_line_for_float_int8_and_no_bundle(tmp_path):
@@ -52,3 +53,31 @@ def test_training_line_names_the_kept_epoch_and_reads_older_summaries(tmp_path):
     assert training(path).startswith(
         "Training: kept epoch 6 of 8 (lowest validation loss: epoch 6)"
     )
+
+
+def test_split_reuse_counts_the_champions_chosen_on_the_same_test_data(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    def champion(test_data, message):
+        (tmp_path / "metrics").mkdir(exist_ok=True)
+        record = {"test_data": test_data, "version": message}
+        (tmp_path / "metrics/served.json").write_text(json.dumps(record))
+        git("add", "-A")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
+
+    git("init", "-q", "-b", "main")
+    assert split_reuse("main", tmp_path).endswith("records no fingerprint of its test data.")
+    champion("a" * 64, "first champion, on the old split")
+    champion("b" * 64, "data changed: a new test split")
+    champion("b" * 64, "second champion on it")
+    (tmp_path / "README").write_text("docs\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "docs")
+    line = split_reuse("main", tmp_path)
+    assert line.startswith("Test split `bbbbbbbbbbbb`: 2 champion(s) on `main` were chosen")
+    assert "failed the gate looked at it too" in line
+    record = json.loads((tmp_path / "metrics/served.json").read_text())
+    record["test_data"] = "c" * 64  # a challenger scored on new test cases
+    (tmp_path / "metrics/served.json").write_text(json.dumps(record))
+    assert "new, no champion on `main` was chosen on it" in split_reuse("main", tmp_path)

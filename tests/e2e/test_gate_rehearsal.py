@@ -287,6 +287,7 @@ def test_better_model_passes_with_the_paired_comparison(repo, monkeypatch):
     assert f"| fixed: the champion was wrong, this model is right | {fix} |" in text
     assert f"| exact McNemar p-value | {p:.3g} |" in text
     assert "Data unchanged" in text and "No parameter changed." in text
+    assert "1 champion(s) on `main` were chosen on it before this decision" in text
     assert "![ROC](./metrics/figures/roc.png)" in text
 
 
