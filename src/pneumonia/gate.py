@@ -28,10 +28,12 @@ p-value and a paired bootstrap 95% interval of the accuracy difference.
 The champion's answers are the base revision's ``served_test.csv`` (judged when it merged) when
 the test split is the same; otherwise its bundle is fetched through DVC at the base revision and
 re-scored on this test split. With no served model on the base revision the challenger passes as
-the first champion. ``--pull`` fetches what a changed model needs (``dvc pull`` of the bundle and
-the test images) and nothing for an unchanged one. Exit status: 0 pass, 1 a rule failed or the
-records do not match the bundle, 2 missing or malformed records (the message says which file and
-what to do).
+the first champion; so does it when ``--pull`` finds the base revision's bundle missing from the
+DVC remote (a fork's first retrain: the upstream's champion can be neither served nor re-scored
+there), and the verdict says so. ``--pull`` fetches what a changed model needs (``dvc pull`` of
+the bundle and the test images) and nothing for an unchanged one. Exit status: 0 pass, 1 a rule
+failed or the records do not match the bundle, 2 missing or malformed records (the message says
+which file and what to do).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ COMPARED = ("accuracy", "sensitivity", "specificity", "f1", "roc_auc")
 UNCHANGED = "model unchanged"
 GUARD_ONLY = "guard changed, answers unchanged"
 MISMATCH = "the records do not match the bundle"
+FIRST_IN_REMOTE = "none in this DVC remote"
 BUNDLE = "models/bundle"
 # served_test.csv keeps 6 decimals; the same INT8 graph on another CPU moves a probability by
 # far less than this. The verdict uses the bundle's own answers in any case.
@@ -89,7 +92,8 @@ class Mismatch(Exception):
 class Verdict:
     passed: bool
     # "model unchanged" | "guard changed, answers unchanged" | "served metrics on <base>" |
-    # "re-scored on this test split" | "none" | "the records do not match the bundle"
+    # "re-scored on this test split" | "none" | "none in this DVC remote" |
+    # "the records do not match the bundle"
     baseline: str
     reasons: list[str] = field(default_factory=list)
     challenger: dict[str, Any] | None = None  # served test metrics of this work tree's model
@@ -248,6 +252,43 @@ def verified_bundle(root: Path, record: dict[str, Any], pull: bool) -> Path:
     return folder
 
 
+def remote_holds(root: Path, md5: str) -> bool:
+    """Whether the DVC remote configured in ``root`` holds the object ``md5`` (a folder's
+    ``.dir`` listing, which ``dvc push`` uploads with its files); MetricsError when the remote
+    cannot be asked (credentials, network), so that an outage never reads as "absent"."""
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            odb = repo.cloud.get_remote_odb(command="gate")
+            # info(), not exists(): fsspec's exists() answers False for any error at all
+            odb.fs.info(odb.oid_to_path(md5))
+            return True
+    except FileNotFoundError:
+        return False
+    except Exception as exc:  # DVC, s3fs and botocore raise their own kinds
+        raise MetricsError(
+            f"cannot ask the DVC remote whether it holds the champion's {BUNDLE} "
+            f"({exc.__class__.__name__}: {str(exc)[:300]}): is it reachable with this job's "
+            "secrets (docs/operations.md, Secrets)?"
+        ) from None
+
+
+def champion_absent(base: str, root: Path, base_record: dict[str, Any]) -> str | None:
+    """Why the base revision's champion cannot be the champion here: its bundle is not in the
+    DVC remote (a fork's own remote starts without the upstream's models), or None."""
+    locked = locked_bundle_md5(git_show(base, "dvc.lock", root))
+    if locked is None or remote_holds(root, locked):
+        return None
+    return (
+        f"the champion on {base} (version {base_record.get('version')}, {BUNDLE} {locked}) is "
+        "not in this repository's DVC remote, so it can be neither served nor re-scored: a fork "
+        "starts without the upstream's models (where it was trained, `dvc push` puts it back). "
+        "This model is judged as the first champion of this remote, on the rules that need no "
+        "champion"
+    )
+
+
 def rebuilt_test_split(root: Path, pull: bool) -> tuple[list[str], np.ndarray, str]:
     """The test split as the prepare stage makes it from ``data/chest_xray``: every test image
     that decodes, byte-identical copies kept once; (files, labels, fingerprint)."""
@@ -402,7 +443,7 @@ def decide(
     else:
         reasons.append(f"sensitivity {challenger['sensitivity']:.4f} >= floor {floor:.4f}")
     if champion is None or comparison is None:
-        reasons.append("no champion on the base branch: this model becomes the first champion")
+        reasons.append("no champion to compare with: this model becomes the first champion")
         return passed, reasons
     gain = challenger["accuracy"] - champion["accuracy"]
     needed = float(rules["min_accuracy_gain"])
@@ -502,12 +543,19 @@ def run_gate(base: str, root: Path | None = None, pull: bool = False) -> Verdict
             "say about it: nothing else was compared",
         ]
         return Verdict(False, MISMATCH, reasons, None, None, None, rules)
-    return judge(base, root, record, answers)
+    return judge(base, root, record, answers, check_remote=pull)
 
 
-def judge(base: str, root: Path, record: dict[str, Any], answers: Predictions) -> Verdict:
+def judge(
+    base: str,
+    root: Path,
+    record: dict[str, Any],
+    answers: Predictions,
+    check_remote: bool = False,
+) -> Verdict:
     """The rules of the base revision applied to a changed model whose answers on the test
-    split (``answers``, in the order of the split) are known to be its own."""
+    split (``answers``, in the order of the split) are known to be its own (``check_remote``:
+    the champion counts only when the DVC remote holds its bundle)."""
     rules = gate_rules(base, root)
     base_record = base_record_at(base, root)
     threshold = record["model"]["threshold"]
@@ -515,6 +563,10 @@ def judge(base: str, root: Path, record: dict[str, Any], answers: Predictions) -
     if base_record is None:
         passed, reasons = decide(challenger, None, None, rules)
         return Verdict(passed, "none", reasons, challenger, None, None, rules)
+    absent = champion_absent(base, root, base_record) if check_remote else None
+    if absent:
+        passed, reasons = decide(challenger, None, None, rules)
+        return Verdict(passed, FIRST_IN_REMOTE, [absent, *reasons], challenger, None, None, rules)
     if record.get("test_data") is not None and base_record.get("test_data") == record["test_data"]:
         source = f"{SERVED_TEST_CSV} at {base}"
         champion_predictions = aligned(

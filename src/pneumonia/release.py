@@ -32,9 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumonia import config
-from pneumonia.gate import MetricsError, against_base, rev_exists, run_gate
+from pneumonia.gate import BUNDLE, MetricsError, against_base, rev_exists, run_gate
 from pneumonia.package import SLUG_SOURCES
 from pneumonia.retrain import append_github_file
+from pneumonia.served import SERVED_JSON, parse_record
 
 
 @dataclass
@@ -134,11 +135,30 @@ def live_commit() -> str | None:
         raise MetricsError(f"the live release could not be read from Heroku: {exc}") from None
 
 
+def check_servable(plan: Plan, root: Path) -> Plan:
+    """A plan that deploys needs the bundle in the work tree (the deploy job pulls it first):
+    without it, the DVC remote lacks main's model, and the message says how to get one."""
+    if plan.deploy and not (root / BUNDLE / "model.onnx").is_file():
+        served = root / SERVED_JSON
+        record = parse_record(served.read_text() if served.is_file() else None, SERVED_JSON)
+        raise MetricsError(
+            f"{plan.summary}, but {BUNDLE} is not here after `dvc pull`: the DVC remote does "
+            f"not hold main's served model (version {record.get('version')}), so there is "
+            "nothing to deploy. A fork starts without the upstream's models: run the retrain "
+            "workflow (Actions > retrain > Run workflow) and merge the pull request it opens; "
+            "its model becomes this repository's first champion and deploys. Where main's model "
+            "was trained, `dvc push` puts it back instead."
+        )
+    return plan
+
+
 def decide(base: str, root: Path | None = None, pull: bool = False) -> Plan:
-    """``plan_deploy`` against ``base``, or against what is live for ``--base live``."""
+    """``plan_deploy`` against ``base``, or against what is live for ``--base live``; a plan
+    that deploys has its bundle in the work tree."""
+    root = root or config.ROOT
     if base == LIVE:
-        return plan_against_live(live_commit(), root, pull)
-    return plan_deploy(base, root, pull)
+        return check_servable(plan_against_live(live_commit(), root, pull), root)
+    return check_servable(plan_deploy(base, root, pull), root)
 
 
 def main(argv: list[str] | None = None) -> int:
