@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tests.conftest import REPO, run
+from tests.conftest import REPO, require_data, run
 
 PROBE = """
 import psycopg
@@ -42,6 +42,7 @@ def test_a_throwaway_server_starts_serves_and_is_gone_at_exit():
 
 def test_the_apps_tests_pass_on_a_throwaway_server():
     """What a laptop without PostgreSQL gets from `make test`: the Django tests' database."""
+    require_data()  # the app's tests upload real X-rays
     test = "django_app/diagnosis/tests/test_accounts.py::test_sign_in_and_out"
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
     result = run(pytest, REPO, throwaway(), timeout=300)

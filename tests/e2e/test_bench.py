@@ -12,7 +12,7 @@ import pytest
 from pneumonia.model import save_checkpoint
 from pneumonia.prepared import PreparedSplit, write_split
 from tests.bundles import calibrated_model, make_bundle, real_images
-from tests.conftest import REPO, copy_subset, run, tool_env
+from tests.conftest import REPO, copy_subset, require_data, run, tool_env
 
 pytestmark = pytest.mark.slow
 METRICS = {
@@ -32,6 +32,7 @@ METRICS = {
 
 
 def test_training_step_benchmark_runs():
+    require_data()  # it trains on the shared dataset
     result = run([sys.executable, "bench/train_step.py", "--quick"], REPO, tool_env())
     assert "| baseline: fp32, decode JPEGs every step |" in result.stdout
     assert "1.00x |" in result.stdout and "native bf16:" in result.stdout
@@ -228,6 +229,7 @@ def test_guard_benchmark_measures_both_rates(tmp_path):
 
 
 def test_scaling_benchmark_measures_every_stage(tmp_path):
+    require_data()
     out = tmp_path / "scaling.json"
     command = [sys.executable, "-m", "bench.scaling", "--quick", "--scales", "1", "2"]
     result = run([*command, "--out", str(out)], REPO, tool_env(), timeout=900)
