@@ -55,7 +55,7 @@ import yaml
 
 from pneumonia import config
 from pneumonia.metrics import classification_metrics
-from pneumonia.params import GateParams, ParamsError, as_dict, from_mapping
+from pneumonia.params import BehaviourParams, GateParams, ParamsError, as_dict, from_mapping
 from pneumonia.params import load as load_params
 from pneumonia.served import (
     SERVED_JSON,
@@ -100,6 +100,8 @@ class Verdict:
     champion: dict[str, Any] | None = None  # the base revision's, on the same test images
     comparison: dict[str, Any] | None = None  # paired: flips, McNemar, bootstrap interval
     rules: dict[str, Any] = field(default_factory=dict)
+    # pneumonia.behaviour's checks of a changed model: invariance, directional, easy cases
+    behaviour: dict[str, Any] | None = None
 
     @property
     def model_changed(self) -> bool:
@@ -484,6 +486,12 @@ def gate_rules(base: str, root: Path) -> dict[str, Any]:
     section = (yaml.safe_load(raw) or {}).get("gate") if raw else None
     if section is None:
         return as_dict(load_params(root / "params.yaml").gate)
+    if isinstance(section, dict) and "behaviour" not in section:
+        # a base from before the behavioural checks: they apply as this work tree sets them
+        section = {
+            **section,
+            "behaviour": as_dict(load_params(root / "params.yaml").gate)["behaviour"],
+        }
     try:
         rules = from_mapping(GateParams, section, "gate")
         rules.check()
@@ -543,7 +551,41 @@ def run_gate(base: str, root: Path | None = None, pull: bool = False) -> Verdict
             "say about it: nothing else was compared",
         ]
         return Verdict(False, MISMATCH, reasons, None, None, None, rules)
-    return judge(base, root, record, answers, check_remote=pull)
+    return judge(base, root, record, answers, check_remote=pull, bundle_dir=bundle_dir)
+
+
+def behaviour_checked(
+    verdict: Verdict,
+    root: Path,
+    answers: Predictions,
+    threshold: float,
+    bundle_dir: Path | None,
+    champion: tuple[Predictions, float] | None,
+) -> Verdict:
+    """``verdict`` with ``pneumonia.behaviour``'s checks added to its reasons and its outcome:
+    invariance and directional where the bundle is at hand (``bundle_dir``), the known easy
+    cases where there is a champion."""
+    from pneumonia import behaviour
+
+    params = from_mapping(BehaviourParams, verdict.rules["behaviour"], "gate.behaviour")
+    found: dict[str, Any] = {}
+    if bundle_dir is not None:
+        files = [root / "data" / "chest_xray" / name for name in answers.files]
+        found.update(behaviour.bundle_checks(bundle_dir, files, params))
+    if champion is not None:
+        found["easy"] = behaviour.easy_cases(
+            answers.labels,
+            (champion[0].probabilities, champion[1]),
+            (answers.probabilities, threshold),
+            params,
+        )
+    ok, lines = behaviour.verdict_lines(found, params)
+    if bundle_dir is None:
+        lines.insert(0, "invariance and directional checks: not run (no bundle to check)")
+    verdict.passed = verdict.passed and ok
+    verdict.reasons.extend(lines)
+    verdict.behaviour = found
+    return verdict
 
 
 def judge(
@@ -552,21 +594,28 @@ def judge(
     record: dict[str, Any],
     answers: Predictions,
     check_remote: bool = False,
+    bundle_dir: Path | None = None,
 ) -> Verdict:
     """The rules of the base revision applied to a changed model whose answers on the test
     split (``answers``, in the order of the split) are known to be its own (``check_remote``:
-    the champion counts only when the DVC remote holds its bundle)."""
+    the champion counts only when the DVC remote holds its bundle; ``bundle_dir``: its bundle,
+    for the behavioural checks)."""
     rules = gate_rules(base, root)
     base_record = base_record_at(base, root)
     threshold = record["model"]["threshold"]
     challenger = classification_metrics(answers.labels, answers.probabilities, threshold)
+
+    def checked(verdict: Verdict, champion=None) -> Verdict:
+        return behaviour_checked(verdict, root, answers, threshold, bundle_dir, champion)
+
     if base_record is None:
         passed, reasons = decide(challenger, None, None, rules)
-        return Verdict(passed, "none", reasons, challenger, None, None, rules)
+        return checked(Verdict(passed, "none", reasons, challenger, None, None, rules))
     absent = champion_absent(base, root, base_record) if check_remote else None
     if absent:
         passed, reasons = decide(challenger, None, None, rules)
-        return Verdict(passed, FIRST_IN_REMOTE, [absent, *reasons], challenger, None, None, rules)
+        first = Verdict(passed, FIRST_IN_REMOTE, [absent, *reasons], challenger, None, None, rules)
+        return checked(first)
     if record.get("test_data") is not None and base_record.get("test_data") == record["test_data"]:
         source = f"{SERVED_TEST_CSV} at {base}"
         champion_predictions = aligned(
@@ -588,7 +637,8 @@ def judge(
         int(rules["bootstrap_resamples"]),
     )
     passed, reasons = decide(challenger, champion, comparison, rules)
-    return Verdict(passed, baseline, reasons, challenger, champion, comparison, rules)
+    verdict = Verdict(passed, baseline, reasons, challenger, champion, comparison, rules)
+    return checked(verdict, (champion_predictions, champion_threshold))
 
 
 def add_judged_arguments(parser: argparse.ArgumentParser, default: str, what: str) -> None:

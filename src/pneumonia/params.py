@@ -134,17 +134,40 @@ class ExportParams:
 
 
 @dataclass(frozen=True)
+class BehaviourParams:
+    max_flip_rate: float
+    rotation_deg: float
+    brightness: float
+    jpeg_quality: int
+    min_refused: float
+    easy_confidence: float
+    max_easy_errors: float
+
+    def check(self) -> None:
+        key = "gate.behaviour."
+        _require(0 <= self.max_flip_rate <= 1, key + "max_flip_rate", "in [0, 1]")
+        _require(0 < self.rotation_deg <= 45, key + "rotation_deg", "in (0, 45]")
+        _require(0 < self.brightness < 1, key + "brightness", "in (0, 1)")
+        _require(1 <= self.jpeg_quality <= 100, key + "jpeg_quality", "in [1, 100]")
+        _require(0 <= self.min_refused <= 1, key + "min_refused", "in [0, 1]")
+        _require(0.5 < self.easy_confidence < 1, key + "easy_confidence", "in (0.5, 1)")
+        _require(0 <= self.max_easy_errors <= 1, key + "max_easy_errors", "in [0, 1]")
+
+
+@dataclass(frozen=True)
 class GateParams:
     min_sensitivity: float
     min_accuracy_gain: float
     require_significant_gain: bool
     significance_level: float
     bootstrap_resamples: int
+    behaviour: BehaviourParams
 
     def check(self) -> None:
         _require(0 <= self.min_sensitivity <= 1, "gate.min_sensitivity", "in [0, 1]")
         _require(0 < self.significance_level < 1, "gate.significance_level", "in (0, 1)")
         _require(self.bootstrap_resamples >= 100, "gate.bootstrap_resamples", "at least 100")
+        self.behaviour.check()
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,41 @@ def comparison_lines(comparison: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def behaviour_lines(behaviour: dict[str, Any] | None, rules: dict[str, Any]) -> list[str]:
+    """The behavioural checks of the served bundle (pneumonia.behaviour) as a table."""
+    if not behaviour:
+        return []
+    limits = rules.get("behaviour", {})
+    mark = {True: ":white_check_mark:", False: ":x:"}
+    lines = [
+        "### Behaviour of the served bundle",
+        "",
+        "| check | measured | limit | |",
+        "|---|---:|---:|---|",
+    ]
+    for name, r in (behaviour.get("invariance") or {}).items():
+        lines.append(
+            f"| invariance: {name} | {r['flipped']} of {r['n']} decisions flipped "
+            f"({r['rate']:.1%}; mean probability change {r['mean_probability_change']:.4f}) "
+            f"| at most {limits.get('max_flip_rate', 0):.1%} | {mark[r['passed']]} |"
+        )
+    d = behaviour.get("directional")
+    if d is not None:
+        measured = f"{d['refused']:.1%} of {d['n']} refused" if d["guard"] else "no guard"
+        lines.append(
+            f"| directional: non-X-rays refused by the guard | {measured} "
+            f"| at least {limits.get('min_refused', 0):.1%} | {mark[d['passed']]} |"
+        )
+    e = behaviour.get("easy")
+    if e is not None:
+        lines.append(
+            f"| minimum functionality: the champion's easy cases answered wrong "
+            f"| {e['wrong']} of {e['n']} ({e['rate']:.1%}) "
+            f"| at most {limits.get('max_easy_errors', 0):.1%} | {mark[e['passed']]} |"
+        )
+    return [*lines, ""]
+
+
 def params_diff(base: str, root: Path) -> list[str]:
     here = flatten_params(as_dict(load_params(root / "params.yaml")))
     raw = git_show(base, "params.yaml", root)
@@ -233,6 +268,7 @@ def render(verdict: Verdict, base: str, root: Path, figures_dir: str = "metrics/
         ]
     lines += [
         *comparison_lines(verdict.comparison),
+        *behaviour_lines(verdict.behaviour, verdict.rules),
         "### Data",
         "",
         data_change(base, root),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from pneumonia.report import served_model, split_reuse, training
+from pneumonia.report import behaviour_lines, served_model, split_reuse, training
 
 
 def test_served_model_line_for_float_int8_and_no_bundle(tmp_path):
@@ -81,3 +81,34 @@ def test_split_reuse_counts_the_champions_chosen_on_the_same_test_data(tmp_path)
     record["test_data"] = "c" * 64  # a challenger scored on new test cases
     (tmp_path / "metrics/served.json").write_text(json.dumps(record))
     assert "new, no champion on `main` was chosen on it" in split_reuse("main", tmp_path)
+
+
+def test_behaviour_table_shows_each_check_against_its_limit():
+    rules = {"behaviour": {"max_flip_rate": 0.05, "min_refused": 0.95, "max_easy_errors": 0.01}}
+    flip = {
+        "flipped": 3,
+        "n": 40,
+        "rate": 0.075,
+        "mean_probability_change": 0.0123,
+        "passed": False,
+    }
+    behaviour = {
+        "invariance": {"rotated +5 degrees": flip},
+        "directional": {"refused": 0.99, "n": 323, "passed": True, "guard": True},
+        "easy": {"n": 200, "wrong": 1, "rate": 0.005, "passed": True},
+    }
+    lines = behaviour_lines(behaviour, rules)
+    assert lines[0] == "### Behaviour of the served bundle"
+    assert (
+        "| invariance: rotated +5 degrees | 3 of 40 decisions flipped (7.5%; mean probability "
+        "change 0.0123) | at most 5.0% | :x: |"
+    ) in lines
+    directional = (
+        "| directional: non-X-rays refused by the guard | 99.0% of 323 refused | at least 95.0% "
+        "| :white_check_mark: |"
+    )
+    assert directional in lines
+    assert any(line.startswith("| minimum functionality") and "1 of 200" in line for line in lines)
+    assert behaviour_lines(None, rules) == []
+    no_guard = {"directional": {"refused": 0.0, "n": 0, "passed": False, "guard": False}}
+    assert "| no guard |" in behaviour_lines(no_guard, rules)[4]

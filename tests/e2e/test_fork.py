@@ -24,7 +24,10 @@ pytestmark = pytest.mark.slow
 PARAMS = {
     **TINY_PARAMS,
     "prepare": {"image_size": 32},
-    "gate": {"min_sensitivity": 0.0},  # a 1-epoch model: the rules that need no champion pass
+    "gate": {
+        **TINY_PARAMS["gate"],
+        "min_sensitivity": 0.0,
+    },  # a 1-epoch model: the rules that need no champion pass
 }
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",

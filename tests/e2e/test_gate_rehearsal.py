@@ -24,7 +24,7 @@ from pneumonia import gate as gate_module
 from pneumonia import report as report_module
 from pneumonia.gate import mcnemar_exact
 from pneumonia.served import Predictions, identity
-from tests.conftest import DATASET, TINY_PARAMS, copy_subset, make_repo, run, tool_env
+from tests.conftest import DATASET, REPO, TINY_PARAMS, copy_subset, make_repo, run, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -398,6 +398,81 @@ def test_a_retrained_model_is_judged_by_what_its_bundle_answers(repo, tmp_path):
     result, verdict = gate(repo)
     assert result.returncode == 1 and "but data/chest_xray's test split is" in result.stdout
     run(["git", "checkout", "-q", "HEAD~1", "--", "metrics"], repo)
+
+
+def knife_edge_copy(repo, out):
+    """The repo's bundle with its threshold at the median margin of its test answers and the
+    margin scaled 10,000 times: any small change of an image moves some decision."""
+    from pneumonia.serving import Bundle
+
+    shutil.copytree(repo / "models/bundle", out)
+    table = rows(repo)
+    bundle = Bundle(out)
+    p = np.clip([float(r["probability"]) for r in table], 1e-9, 1 - 1e-9)
+    margin = (np.log(p / (1 - p)) - bundle.bias) / bundle.scale
+    manifest = json.loads((out / "model.json").read_text())
+    manifest["calibration"] = {"method": "platt", "scale": 1e4, "bias": -1e4 * np.median(margin)}
+    manifest["threshold"] = 0.5
+    (out / "model.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_behaviour_of_the_bundle_is_ruled_on_by_the_bases_rules(repo, tmp_path, monkeypatch):
+    """The behavioural checks run on the bundle the gate would ship, and the base's
+    gate.behaviour decides: the project's own limits fail a knife-edge model that the
+    accuracy rules pass."""
+    branch(repo, "strict-behaviour")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    strict = yaml.safe_load((REPO / "params.yaml").read_text())["gate"]["behaviour"]
+    params["gate"]["behaviour"] = strict
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    commit(repo, "the project's behavioural limits")
+    branch(repo, "retrained-behaviour")
+    run(["dvc", "exp", "run", "-S", "train.seed=12"], repo, tool_env())
+    commit(repo, "retrained with another seed")
+    n = len(rows(repo))
+    for base in ("main", "strict-behaviour"):
+        result, verdict = gate(repo, base)
+        assert result.returncode in (0, 1), result.stderr
+        found = verdict["behaviour"]
+        assert verdict["rules"]["behaviour"]["max_flip_rate"] == (
+            strict["max_flip_rate"] if base != "main" else 1.0
+        )
+        assert len(found["invariance"]) == 7
+        assert all(r["n"] == n for r in found["invariance"].values())
+        assert found["directional"]["guard"] and found["directional"]["n"] > 250
+        assert found["easy"]["n"] <= n
+        failed = [r for r in verdict["reasons"] if "above the limit" in r or "must be at" in r]
+        failed += [r for r in verdict["reasons"] if "answered wrong" in r and "allowed" in r]
+        checks = [*found["invariance"].values(), found["directional"], found["easy"]]
+        if not all(c["passed"] for c in checks):
+            assert verdict["passed"] is False, verdict["reasons"]
+    _, text = report(repo, "strict-behaviour")
+    assert (
+        "### Behaviour of the served bundle" in text and "| invariance: as a DICOM file |" in text
+    )
+
+    # a model the accuracy rules pass, on a knife edge: the base's limits fail it
+    branch(repo, "knife-edge", base="strict-behaviour")
+    t = threshold(repo)
+    missed = sum(not correct(r, t) for r in rows(repo) if r["label"] == "PNEUMONIA")
+    record, answers, _ = as_new_model(repo, fix=max(missed, 2))  # as the better model above
+    edge = knife_edge_copy(repo, tmp_path / "bundle")
+    calm = gate_module.judge("strict-behaviour", repo, record, answers)
+    assert calm.passed, calm.reasons
+    assert "invariance and directional checks: not run (no bundle to check)" in calm.reasons
+    verdict = gate_module.judge("strict-behaviour", repo, record, answers, bundle_dir=edge)
+    assert verdict.passed is False
+    flipped = [r for r in verdict.reasons if r.startswith("invariance, rotated") and "above" in r]
+    assert flipped, verdict.reasons
+    lenient = gate_module.judge("main", repo, record, answers, bundle_dir=edge)
+
+    def measured(v):  # the same measurements; only the limits differ
+        return {k: {**r, "passed": None} for k, r in v.behaviour["invariance"].items()}
+
+    assert measured(lenient) == measured(verdict)
+    assert lenient.passed, lenient.reasons
+    assert ":x: |" in rendered(repo, verdict, monkeypatch, base="strict-behaviour")
 
 
 def test_without_a_baseline_the_first_champion_passes(repo, monkeypatch):

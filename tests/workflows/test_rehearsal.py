@@ -57,7 +57,7 @@ PARAMS = {
     **TINY_PARAMS,
     # The rehearsal's models are tiny and its test split 10 images: the sensitivity floor is
     # tested in tests/e2e/test_gate_rehearsal.py; here the release flow is what is checked.
-    "gate": {"min_sensitivity": 0.0},
+    "gate": {**TINY_PARAMS["gate"], "min_sensitivity": 0.0},
 }
 
 
@@ -431,6 +431,10 @@ def test_pr_review_posts_one_report_comment_updated_in_place(rehearsal, github):
     (comment,) = github.comments_on(pr.number)
     assert "## Model report" in comment.body and "CML watermark" in comment.body
     assert "first champion" in comment.body
+    # main's gate checked the bundle's behaviour (the tiny rehearsal's limits cannot fail it)
+    assert "### Behaviour of the served bundle" in comment.body
+    assert "| invariance: as a DICOM file |" in comment.body
+    assert "inputs that are not chest X-rays" in log
     # A second push to the pull request (a note in the README): the same comment is updated.
     git(rehearsal.clone, "fetch", "-q", "origin")
     git(rehearsal.clone, "checkout", "-q", "-B", pr.head, f"origin/{pr.head}")
