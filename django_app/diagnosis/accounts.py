@@ -183,3 +183,34 @@ class ThrottledLoginView(auth_views.LoginView):
             "again, or ask staff to reset your password.",
         )
         return self.render_to_response(context, status=429)
+
+
+class ThrottledPasswordChangeView(auth_views.PasswordChangeView):
+    """Django's password change, its old-password check counted on the sign-in throttle's
+    counters: a session left open (or stolen) cannot guess the password faster than the sign-in
+    page allows, and a locked name cannot be tried here either."""
+
+    template_name = "diagnosis/password.html"
+    success_url = "/"
+
+    def post(self, request, *args, **kwargs):
+        if login_locked(request, request.user.get_username()):
+            return self.locked()
+        return super().post(request, *args, **kwargs)
+
+    def form_invalid(self, form):
+        if "old_password" in form.errors:
+            limits = _limits(self.request, self.request.user.get_username())
+            counts = {key: _count(key) for key in limits}
+            if any(counts[key] >= limit for key, limit in limits.items()):
+                return self.locked()
+        return super().form_invalid(form)
+
+    def locked(self):
+        minutes = settings.LOGIN_LOCKOUT_SECONDS // 60
+        context = self.get_context_data(
+            form=self.get_form_class()(self.request.user),  # unbound: nothing is checked
+            locked=f"Too many wrong current passwords. Wait up to {minutes} minutes and try "
+            "again, or ask staff to reset your password.",
+        )
+        return self.render_to_response(context, status=429)

@@ -13,6 +13,8 @@ from diagnosis.models import ApiToken, DatasetExport, Feedback, Prediction, Refu
 from diagnosis.storage import StorageUnavailable
 
 admin.site.site_header = "Pneumonia X-ray check: staff"
+User = get_user_model()
+admin.site.unregister(User)
 
 
 class StaffRole:
@@ -85,6 +87,21 @@ class DatasetExportAdmin(ReadOnly):
     list_display = ("name", "created_at", "created_by", "image_count")
 
 
+def manages(actor, account) -> bool:
+    """Staff manage clinicians and themselves; other staff and superusers are for superusers
+    (a password, a token or its revocation would let staff act as them or lock them out)."""
+    if actor.is_superuser or account.pk == actor.pk:
+        return True
+    return not (account.is_staff or account.is_superuser)
+
+
+def managed(actor) -> Q:
+    """The accounts ``actor`` manages, as a filter on users (``manages`` for a query)."""
+    if actor.is_superuser:
+        return Q()
+    return Q(is_staff=False, is_superuser=False) | Q(pk=actor.pk)
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(ReadOnly):
     list_display = ("name", "user", "hint", "created_at", "last_used_at", "revoked_at")
@@ -92,20 +109,27 @@ class ApiTokenAdmin(ReadOnly):
     exclude = ("key_hash",)
     actions = ["revoke"]
 
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        ids = User.objects.filter(managed(request.user)).values("pk")
+        return queryset.filter(user__in=ids)
+
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request, queryset):
-        for token in queryset:
-            token.revoke()
-        self.message_user(request, f"Revoked {queryset.count()} tokens.")
-
-
-User = get_user_model()
-admin.site.unregister(User)
+        revoked = 0
+        for token in queryset.select_related("user"):
+            if manages(request.user, token.user):  # the queryset is filtered; belt and braces
+                token.revoke()
+                revoked += 1
+        self.message_user(request, f"Revoked {revoked} tokens.")
 
 
 @admin.register(User)
 class ClinicianAdmin(StaffRole, UserAdmin):
-    """Staff create and edit clinicians' accounts; only superusers hand out superuser rights."""
+    """Staff create and edit clinicians' accounts; only superusers hand out staff and
+    superuser rights."""
 
     actions = ["issue_token"]
 
@@ -121,25 +145,17 @@ class ClinicianAdmin(StaffRole, UserAdmin):
             obj is None or self.manages(request.user, obj)
         )
 
-    @staticmethod
-    def manages(actor, account) -> bool:
-        """Staff manage clinicians and themselves; other staff and superusers are for
-        superusers (a password or a token would let staff act as them)."""
-        if actor.is_superuser or account.pk == actor.pk:
-            return True
-        return not (account.is_staff or account.is_superuser)
+    manages = staticmethod(manages)
 
     def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(Q(is_staff=False, is_superuser=False) | Q(pk=request.user.pk))
+        return super().get_queryset(request).filter(managed(request.user))
 
     def get_readonly_fields(self, request, obj=None):
         fields = super().get_readonly_fields(request, obj)
         if request.user.is_superuser:
             return fields
-        return (*fields, "is_superuser", "groups", "user_permissions")
+        # staff manage clinicians: making one staff (or superuser) is for superusers
+        return (*fields, "is_staff", "is_superuser", "groups", "user_permissions")
 
     @admin.action(description="Issue an API token (shown once)")
     def issue_token(self, request, queryset):

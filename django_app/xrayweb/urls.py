@@ -1,4 +1,4 @@
-from diagnosis.accounts import ThrottledLoginView
+from diagnosis.accounts import ThrottledLoginView, ThrottledPasswordChangeView
 from diagnosis.views import api, errors, pages
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -14,13 +14,7 @@ urlpatterns = [
     path("monitoring", pages.monitoring_page, name="monitoring"),
     path("account/login", ThrottledLoginView.as_view(), name="login"),
     path("account/logout", auth_views.LogoutView.as_view(), name="logout"),
-    path(
-        "account/password",
-        auth_views.PasswordChangeView.as_view(
-            template_name="diagnosis/password.html", success_url="/"
-        ),
-        name="password_change",
-    ),
+    path("account/password", ThrottledPasswordChangeView.as_view(), name="password_change"),
     path("account/tokens", pages.tokens, name="tokens"),
     path("admin/", admin.site.urls),
     path("api/v1/predictions", api.api_predictions, name="api_predictions"),

@@ -224,7 +224,87 @@ def test_staff_cannot_make_themselves_superusers(staff):
     admin = Client()
     admin.force_login(staff)
     page = admin.get(f"/admin/auth/user/{staff.pk}/change/").content.decode()
-    assert 'name="is_superuser"' not in page and 'name="is_staff"' in page
+    assert 'name="is_superuser"' not in page and 'name="is_staff"' not in page
+
+
+def test_staff_cannot_promote_a_clinician_to_staff(staff, clinician):
+    admin = Client()
+    admin.force_login(staff)
+    joined = clinician.date_joined
+    form = {
+        "username": clinician.username,
+        "first_name": "Ada",
+        "is_active": "on",
+        "is_staff": "on",  # ignored: a read-only field for staff
+        "is_superuser": "on",
+        "date_joined_0": joined.strftime("%Y-%m-%d"),
+        "date_joined_1": joined.strftime("%H:%M:%S"),
+    }
+    saved = admin.post(f"/admin/auth/user/{clinician.pk}/change/", form)
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    clinician.refresh_from_db()
+    assert clinician.first_name == "Ada"  # the change was saved...
+    assert not clinician.is_staff and not clinician.is_superuser  # ...without the promotion
+
+
+def test_staff_revoke_only_the_tokens_of_accounts_they_manage(staff, clinician, make_user):
+    boss = get_user_model().objects.create_superuser("chief", password=PASSWORD)
+    colleague = make_user("other_nurse", staff=True)
+    raws = {
+        user.username: ApiToken.issue(user, "laptop")[1] for user in (boss, colleague, clinician)
+    }
+    admin = Client()
+    admin.force_login(staff)
+    listed = admin.get("/admin/diagnosis/apitoken/").content.decode()
+    assert "dr_ada" in listed and "chief" not in listed and "other_nurse" not in listed
+    every = list(ApiToken.objects.values_list("pk", flat=True))
+    page = admin.post(
+        "/admin/diagnosis/apitoken/",
+        {"action": "revoke", "_selected_action": every},
+        follow=True,
+    )
+    assert "Revoked 1 tokens." in page.content.decode()
+
+    def works(raw):
+        client = Client(headers={"Authorization": f"Bearer {raw}"})
+        return client.get("/api/v1/predictions").status_code == 200
+
+    assert works(raws["chief"]) and works(raws["other_nurse"])
+    assert not works(raws[clinician.username])
+    superuser = Client()
+    superuser.force_login(boss)
+    superuser.post("/admin/diagnosis/apitoken/", {"action": "revoke", "_selected_action": every})
+    assert not works(raws["other_nurse"])  # superusers manage everyone
+
+
+def test_the_password_change_is_throttled_like_the_sign_in(clinician, settings):
+    client = logged_in(clinician)
+    wrong = {
+        "old_password": "not-it",
+        "new_password1": "N3w-Sturdy-Pass",
+        "new_password2": "N3w-Sturdy-Pass",
+    }
+    statuses = [client.post("/account/password", wrong).status_code for _ in range(6)]
+    assert statuses[: settings.LOGIN_FAILURE_LIMIT - 1] == [200] * (
+        settings.LOGIN_FAILURE_LIMIT - 1
+    )
+    assert statuses[settings.LOGIN_FAILURE_LIMIT - 1 :] == [429] * (
+        7 - settings.LOGIN_FAILURE_LIMIT
+    )
+    right = {**wrong, "old_password": PASSWORD}
+    locked = client.post("/account/password", right)
+    assert (
+        locked.status_code == 429 and "Too many wrong current passwords" in locked.content.decode()
+    )
+    clinician.refresh_from_db()
+    assert clinician.check_password(PASSWORD)  # nothing changed while locked
+    # the same counters: the sign-in page refuses this name from this address too
+    assert (
+        Client()
+        .post("/account/login", {"username": clinician.username, "password": PASSWORD})
+        .status_code
+        == 429
+    )
 
 
 def test_the_admin_login_is_throttled_like_the_apps(staff, settings):
