@@ -1,17 +1,16 @@
 """Clinicians' feedback on their predictions, and the images they consent to keep.
 
-At prediction time the metadata-free display copy of the upload is held in the cache for
-``FEEDBACK_HOLD_SECONDS``; feedback with consent moves it to the image store under its content
+At prediction time the metadata-free display copy of the upload is held (``diagnosis.held``)
+for ``FEEDBACK_HOLD_SECONDS``; feedback with consent moves it to the image store under its content
 hash, feedback without consent (or the clock) drops it. Nothing else of the image is kept.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db import IntegrityError, transaction
 
-from diagnosis.held import hold
+from diagnosis.held import held, hold, release
 from diagnosis.models import LABEL_CHOICES, Feedback, Prediction, Refusal
 from diagnosis.storage import StorageUnavailable, content_name, image_store
 
@@ -31,7 +30,7 @@ def _held_key(prediction_id: int) -> str:
 
 
 def hold_image(prediction: Prediction, png: bytes) -> None:
-    hold(_held_key(prediction.pk), png, settings.FEEDBACK_HOLD_SECONDS)
+    hold(_held_key(prediction.pk), prediction.user_id, png, settings.FEEDBACK_HOLD_SECONDS)
 
 
 def visible_predictions(user):
@@ -76,7 +75,7 @@ def give_feedback(user, prediction_id, true_label, consent: bool) -> Feedback:
         )
     png = None
     if consent:
-        png = cache.get(_held_key(prediction.pk))
+        png = held(_held_key(prediction.pk), user.pk)
         if png is None:
             minutes = settings.FEEDBACK_HOLD_SECONDS // 60
             raise FeedbackRefused(
@@ -105,5 +104,5 @@ def give_feedback(user, prediction_id, true_label, consent: bool) -> Feedback:
             "storage_unavailable",
             "The image could not be stored right now; nothing was recorded. Try again shortly.",
         ) from None
-    cache.delete(_held_key(prediction.pk))
+    release(_held_key(prediction.pk))
     return feedback

@@ -1,45 +1,57 @@
 """Images held for a short while, and their deletion on time.
 
 Two things of an upload outlive its request: the metadata-free 512 px display copy (for the
-clinician's consent, ``FEEDBACK_HOLD_SECONDS``) and the API's heat map (for its link, the
-cache's ``TIMEOUT``). Both live in the database cache table, and expired rows are deleted on
-every write, by a thread in each web worker every ``HELD_PURGE_SECONDS`` whatever the traffic,
-and by ``manage.py purge_held`` (the release phase; Heroku Scheduler where dynos sleep).
-Django's own culling would keep them until the table held ``MAX_ENTRIES`` rows.
+clinician's consent, ``FEEDBACK_HOLD_SECONDS``) and the API's heat map (for its link,
+``HEATMAP_HOLD_SECONDS``). Both are rows of ``HeldItem`` with their own expiry: nothing evicts
+one early, however many are held (a cache would cull unexpired ones past its ``MAX_ENTRIES``).
+Expired rows are never returned, and are deleted on every write, by a thread in each web worker
+every ``HELD_PURGE_SECONDS`` whatever the traffic, and by ``manage.py purge_held`` (the release
+phase; Heroku Scheduler where dynos sleep).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 from django.conf import settings
-from django.core.cache import cache
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 from django.utils import timezone
+
+from diagnosis.models import HeldItem
 
 logger = logging.getLogger(__name__)
 _purger: threading.Thread | None = None
 _stop = threading.Event()
 
 
-def hold(key: str, value, seconds: int | None = None) -> None:
-    """Keep ``value`` under ``key`` for ``seconds`` (the cache's TIMEOUT by default), and
-    delete whatever else has expired."""
-    if seconds is None:
-        cache.set(key, value)
-    else:
-        cache.set(key, value, timeout=seconds)
+def hold(key: str, owner_id: int, data: bytes, seconds: int) -> None:
+    """Keep ``data`` under ``key`` for the user ``owner_id`` for ``seconds``, and delete
+    whatever else has expired."""
+    expires = timezone.now() + timedelta(seconds=seconds)
+    HeldItem.objects.update_or_create(
+        key=key, defaults={"owner_id": owner_id, "data": bytes(data), "expires": expires}
+    )
     purge_expired()
 
 
+def held(key: str, owner_id: int) -> bytes | None:
+    """What is held under ``key`` for ``owner_id``; None when there is none, it has expired or
+    it is someone else's."""
+    item = HeldItem.objects.filter(key=key, owner_id=owner_id, expires__gt=timezone.now()).first()
+    return None if item is None else bytes(item.data)
+
+
+def release(key: str) -> None:
+    """Delete what is held under ``key`` now (no longer needed)."""
+    HeldItem.objects.filter(key=key).delete()
+
+
 def purge_expired() -> int:
-    """Delete every expired row of the cache table; return how many."""
-    table = connection.ops.quote_name(settings.CACHES["default"]["LOCATION"])
-    now = connection.ops.adapt_datetimefield_value(timezone.now().replace(microsecond=0))
-    with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {table} WHERE expires < %s", [now])
-        return cursor.rowcount
+    """Delete every expired held item; return how many."""
+    deleted, _ = HeldItem.objects.filter(expires__lte=timezone.now()).delete()
+    return deleted
 
 
 def start_purger(interval: float | None = None) -> threading.Thread:

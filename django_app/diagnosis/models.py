@@ -172,3 +172,18 @@ class LoginFailure(models.Model):
     key = models.CharField(max_length=300, unique=True)
     count = models.PositiveIntegerField(default=0)
     window_ends = models.DateTimeField()
+
+
+class HeldItem(models.Model):
+    """An image kept a short while for one user: the display copy awaiting their consent, or
+    the API's heat map behind its link. Its own expiry, never evicted early (diagnosis.held)."""
+
+    key = models.CharField(max_length=64, unique=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="held_items"
+    )
+    data = models.BinaryField()
+    expires = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.key} until {self.expires:%Y-%m-%d %H:%M:%S}"

@@ -110,9 +110,10 @@ LOGIN_LOCKOUT_SECONDS = 15 * 60  # ... within this window lock further attempts 
 AUTHENTICATION_BACKENDS = ["diagnosis.accounts.ThrottledBackend"]
 BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY")
 
-# Feedback: the metadata-free display copy of each upload (at most 512 px) is held in the
-# cache this long so that its clinician can consent to keep it; then it is gone.
+# Feedback: the metadata-free display copy of each upload (at most 512 px) is held this long
+# so that its clinician can consent to keep it; then it is gone (diagnosis.held).
 FEEDBACK_HOLD_SECONDS = 30 * 60
+HEATMAP_HOLD_SECONDS = 15 * 60  # the API's heat map behind its link, in the same table
 HELD_PURGE_SECONDS = 60  # each web worker deletes expired held images this often
 FEEDBACK_STORAGE = os.environ.get("FEEDBACK_STORAGE") or str(BASE_DIR / "feedback_images")
 HISTORY_PAGE_SIZE = 25
@@ -142,17 +143,8 @@ DATABASES = {
     )
 }
 
-# Heat maps behind the API's links and images held for feedback live a short while in the
-# database cache (shared by every gunicorn worker), never in files; expired rows are deleted
-# within HELD_PURGE_SECONDS (diagnosis.held), not only when MAX_ENTRIES is reached.
-CACHES = {
-    "default": {
-        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
-        "LOCATION": "heatmap_cache",
-        "TIMEOUT": 15 * 60,
-        "OPTIONS": {"MAX_ENTRIES": 2000},
-    }
-}
+# Nothing is cached across workers: held images have their own table (diagnosis.held), so
+# Django's default per-process memory cache is all it needs.
 
 # Uploads: at most 10 MB, kept in memory only (never written to a temporary file).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024

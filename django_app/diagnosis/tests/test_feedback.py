@@ -8,10 +8,9 @@ import io
 
 import numpy as np
 import pytest
-from django.core.cache import cache
 from PIL import Image
 
-from diagnosis.models import Feedback, Prediction
+from diagnosis.models import Feedback, HeldItem, Prediction
 from diagnosis.tests.conftest import encode, logged_in
 
 pytestmark = pytest.mark.django_db
@@ -48,7 +47,9 @@ def test_confirming_through_the_result_page(clinician, samples, feedback_storage
     assert feedback.image_name == "" and stored_files(feedback_storage) == []
     detail = client.get(f"/predictions/{prediction.pk}").content.decode()
     assert "agrees" in detail and 'id="feedback-form"' not in detail  # no second form
-    assert cache.get(f"held-image:{prediction.pk}") is None  # not needed any more: dropped
+    assert not HeldItem.objects.filter(
+        key=f"held-image:{prediction.pk}"
+    ).exists()  # not needed any more: dropped
 
 
 def test_correcting_with_consent_keeps_a_metadata_free_copy_named_by_its_hash(
@@ -129,7 +130,7 @@ def test_consent_after_the_image_is_gone_is_refused_but_feedback_without_it_work
 ):
     client = logged_in(clinician)
     made = predict_api(client, samples[0].read_bytes())
-    cache.delete(f"held-image:{made['id']}")  # what the hold's timeout does
+    HeldItem.objects.filter(key=f"held-image:{made['id']}").delete()  # what the hold's timeout does
     late = feedback_api(client, made["id"], true_label="NORMAL", consent=True)
     assert late.status_code == 410 and late.json()["error"]["code"] == "image_expired"
     assert "without consent" in late.json()["error"]["message"]
@@ -162,7 +163,9 @@ def test_a_failing_store_records_nothing(clinician, samples, settings, tmp_path)
         and "nothing was recorded" in response.json()["error"]["message"]
     )
     assert not Feedback.objects.exists()
-    assert cache.get(f"held-image:{made['id']}") is not None  # so a retry can still consent
+    assert HeldItem.objects.filter(
+        key=f"held-image:{made['id']}"
+    ).exists()  # so a retry can still consent
 
 
 def test_consented_images_go_to_s3_and_come_back_for_export(

@@ -7,7 +7,6 @@ import logging
 import secrets
 
 from django.conf import settings
-from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -19,7 +18,7 @@ from diagnosis.feedback import (
     find_prediction,
     give_feedback,
 )
-from diagnosis.held import hold
+from diagnosis.held import held, hold
 from diagnosis.inference import get_model
 from diagnosis.views.common import (
     UploadError,
@@ -94,7 +93,7 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
         refusal = {"id": exc.refusal.pk, "reason": exc.refusal.reason}
         return api_error(exc.status, exc.code, exc.message, refusal=refusal)
     token = secrets.token_urlsafe(18)
-    hold(f"heatmap:{token}", (request.user.pk, result.heatmap_jpeg))
+    hold(f"heatmap:{token}", request.user.pk, result.heatmap_jpeg, settings.HEATMAP_HOLD_SECONDS)
     return JsonResponse(
         {
             **prediction_json(request, prediction),
@@ -104,7 +103,7 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
                 "sha256": prediction.model_sha256,
             },
             "heatmap_url": request.build_absolute_uri(reverse("heatmap", args=[token])),
-            "heatmap_expires_in_seconds": settings.CACHES["default"]["TIMEOUT"],
+            "heatmap_expires_in_seconds": settings.HEATMAP_HOLD_SECONDS,
             "image_held_for_consent_seconds": settings.FEEDBACK_HOLD_SECONDS,
         },
         status=200,  # 200, not 201: the answer is the prediction; kept for v1 clients
@@ -157,9 +156,9 @@ def api_feedback(request: HttpRequest, pk: int) -> JsonResponse:
 @api_login_required
 @require_GET
 def heatmap(request: HttpRequest, token: str) -> HttpResponse:
-    held = cache.get(f"heatmap:{token}")
-    if held is None or held[0] != request.user.pk:
+    jpeg = held(f"heatmap:{token}", request.user.pk)
+    if jpeg is None:
         return api_error(404, "not_found", "This heat map does not exist or has expired.")
-    response = HttpResponse(held[1], content_type="image/jpeg")
+    response = HttpResponse(jpeg, content_type="image/jpeg")
     response["Cache-Control"] = "private, no-store"
     return response
