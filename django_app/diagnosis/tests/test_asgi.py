@@ -21,7 +21,7 @@ async def read_all(scope, receive, send):
     await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
-def call(chunks, delay=0.0, length=None, max_bytes=100, seconds=1.0):
+def call(chunks, delay=0.0, length=None, max_bytes=100, seconds=1.0, path="/api/v1/predictions"):
     """Status and body of one request whose body arrives in ``chunks``, ``delay`` s apart."""
     sent, queue = [], list(chunks)
 
@@ -34,9 +34,23 @@ def call(chunks, delay=0.0, length=None, max_bytes=100, seconds=1.0):
         sent.append(message)
 
     headers = [] if length is None else [(b"content-length", str(length).encode())]
-    scope = {"type": "http", "headers": headers}
+    scope = {"type": "http", "path": path, "headers": headers}
     asyncio.run(BoundedRequests(read_all, max_bytes, seconds)(scope, receive, send))
     return sent[0]["status"], sent[1]["body"]
+
+
+def content_type(chunks, **kwargs) -> str:
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": kwargs.pop("path"), "headers": []}
+    asyncio.run(BoundedRequests(read_all, 100, 1.0)(scope, receive, send))
+    return dict(sent[0]["headers"])[b"content-type"].decode()
 
 
 def test_a_body_within_the_bounds_reaches_the_app():
@@ -56,3 +70,16 @@ def test_a_streamed_body_over_the_limit_is_refused():
 def test_a_body_arriving_too_slowly_is_refused(delay):
     status, body = call([b"a"] * 5, delay=delay, seconds=1.0)
     assert status == 408 and "too slowly" in json.loads(body)["error"]["message"]
+
+
+def test_a_browser_gets_the_apps_page_not_json():
+    """A form upload over the limit (the web page, not the API): the app's error page saying
+    what to do, and nothing about an account or a model it cannot know of here."""
+    status, body = call([b"never read"], length=11 * 2**20, path="/")
+    html = body.decode()
+    assert status == 413 and html.lstrip().startswith("<!doctype html>")
+    assert "The file is too large" in html and "larger than the upload limit of 10 MB" in html
+    assert "Choose a smaller file" in html
+    assert "Sign in" not in html and "No model loaded" not in html
+    assert content_type([b"a" * 60, b"a" * 60], path="/").startswith("text/html")
+    assert content_type([b"a" * 60, b"a" * 60], path="/api/v1/predictions") == "application/json"

@@ -56,3 +56,41 @@ def test_a_too_long_case_reference_is_refused_before_anything_is_stored(clinicia
     response = upload(logged_in(clinician), samples, case_reference="x" * 41)
     assert response.status_code == 400 and "40 at most" in response.content.decode()
     assert not Prediction.objects.exists()
+
+
+def test_the_result_and_the_prediction_page_name_the_case_and_read_as_percentages(
+    clinician, samples
+):
+    client = logged_in(clinician)
+    result = upload(client, samples, case_reference="ACC-7").content.decode()
+    assert 'id="case-reference">Case ACC-7<' in result
+    prediction = Prediction.objects.get()
+    page = client.get(f"/predictions/{prediction.pk}").content.decode()
+    assert '<dd id="case-reference">ACC-7</dd>' in page
+    percent = round(prediction.probability * 100, 1)
+    threshold = round(prediction.threshold * 100, 1)
+    shown = re.search(r'<dd id="probability">([^<]+)</dd>', page).group(1)
+    assert shown.startswith(f"{percent}% (decision threshold {threshold}%: {prediction.label} ")
+    assert f"{prediction.threshold:.3f}" not in page, "no bare fraction beside the percentage"
+
+
+def test_the_history_says_whether_the_clinician_agreed(clinician, samples):
+    client = logged_in(clinician)
+    upload(client, samples)
+    upload(client, samples)
+    first, second = Prediction.objects.order_by("pk")
+    client.post(f"/predictions/{first.pk}/feedback", {"verdict": "confirm"})
+    other = "NORMAL" if second.label == "PNEUMONIA" else "PNEUMONIA"
+    client.post(f"/predictions/{second.pk}/feedback", {"true_label": other})
+    cells = re.findall(r"<tr><td><a[^>]*>(\d+)</a>.*?<td>([^<]*)</td></tr>", _history(client))
+    assert dict(cells) == {str(first.pk): "agreed", str(second.pk): f"corrected to {other}"}
+
+
+def _history(client) -> str:
+    return client.get("/history").content.decode()
+
+
+def test_the_upload_form_knows_the_limit_and_its_error_has_a_place(clinician):
+    page = logged_in(clinician).get("/").content.decode()
+    assert f'data-max-bytes="{10 * 2**20}"' in page
+    assert re.search(r'<div class="error" role="alert" id="upload-error" hidden>', page)

@@ -211,7 +211,20 @@ def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
         page.fill("#id_password", BROWSER_PASSWORD)
         page.click("#login-form button[type=submit]")
         page.wait_for_selector("#upload-form")
+        # A file over the limit is refused on the page, before anything is sent.
+        page.set_input_files(
+            "#image",
+            files=[{"name": "huge.png", "mimeType": "image/png", "buffer": b"\0" * (11 << 20)}],
+        )
+        assert "larger than 10 MB" in page.inner_text("#upload-error")
+        page.click("#upload-form button[type=submit]")
+        assert page.is_visible("#upload-error") and page.query_selector("#label") is None
         page.set_input_files("#image", str(samples[0]))
+        assert page.is_hidden("#upload-error"), "a file within the limit clears the refusal"
+        # The chosen file is named once: in the drop area, the native control is unseen.
+        assert page.inner_text("#drop-file") == samples[0].name
+        box = page.eval_on_selector("#image", "el => el.getBoundingClientRect().width")
+        assert box <= 1
         page.click("#upload-form button[type=submit]")
         page.wait_for_selector("#label", timeout=20_000)
         label = page.inner_text("#label")
@@ -234,7 +247,7 @@ def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
         page.click("#nav-history")
         page.wait_for_selector("#history")
         row = page.inner_text("#history tbody tr")
-        assert label in row and other in row
+        assert label in row and f"corrected to {other}" in row
         page.screenshot(path=str(SCREENSHOTS / "browser-history.png"), full_page=True)
         browser.close()
     assert errors == []  # no CSP violations, no script errors

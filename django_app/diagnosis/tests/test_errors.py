@@ -110,6 +110,8 @@ def test_a_server_error_shows_the_apps_own_page(clinician, caplog):
     html = response.content.decode()
     assert response.status_code == 500 and handler500
     assert "app.css" in html and "Something went wrong" in html and 'href="/"' in html
+    # rendered without the request: it must not claim there is no model or no account
+    assert "No model loaded" not in html and "Sign in" not in html
 
 
 def test_a_stale_csrf_token_shows_the_apps_page_and_leads_back(clinician, samples):

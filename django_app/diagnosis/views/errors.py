@@ -42,6 +42,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
                 "title": "Something went wrong",
                 "message": "This is our fault, not yours, and it has been logged. Please try"
                 " again; if it keeps happening, tell the staff who run this service.",
+                "plain": True,  # no request context: it must not claim "no model", "sign in"
             },
         )
     except Exception:  # noqa: BLE001 - the last resort must not fail

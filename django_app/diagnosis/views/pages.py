@@ -37,6 +37,12 @@ logger = logging.getLogger(__name__)
 REFUSALS_SHOWN = 20  # the history page lists the latest refused uploads
 
 
+def upload_page(request: HttpRequest, error: str = "", status: int = 200) -> HttpResponse:
+    """The upload form; the browser checks the file's size against the limit before sending."""
+    context = {"error": error, "max_upload_bytes": settings.MAX_UPLOAD_BYTES}
+    return render(request, "diagnosis/upload.html", context, status=status)
+
+
 @require_http_methods(["GET", "POST"])
 def upload(request: HttpRequest) -> HttpResponse:
     """GET: the landing page (public), with the upload form for signed-in clinicians.
@@ -44,11 +50,11 @@ def upload(request: HttpRequest) -> HttpResponse:
     if request.method == "GET" or not request.user.is_authenticated:
         if request.method == "POST":
             return redirect(f"{reverse('login')}?next={reverse('upload')}")
-        return render(request, "diagnosis/upload.html")
+        return upload_page(request)
     try:
         result, prediction = predict_upload(request, "web")
     except UploadError as exc:
-        return render(request, "diagnosis/upload.html", {"error": exc.message}, status=exc.status)
+        return upload_page(request, exc.message, exc.status)
     return render(
         request,
         "diagnosis/result.html",
@@ -99,6 +105,8 @@ def prediction_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "diagnosis/prediction.html",
         {
             "prediction": prediction,
+            "percent": round(prediction.probability * 100, 1),
+            "threshold_percent": round(prediction.threshold * 100, 1),
             "labels": [value for value, _ in LABEL_CHOICES],
             "hold_minutes": settings.FEEDBACK_HOLD_SECONDS // 60,
         },
