@@ -92,6 +92,23 @@ def catalogue(quick: bool) -> list[tuple[str, bytes]]:
         ("8-bit PNG 5700 x 5700 (accepted)", encode(Image.new("L", (5700, 5700), 128), "PNG")),
         ("CMYK JPEG 7999 x 7999", encode(Image.new("CMYK", (7999, 7999), (9, 9, 9, 9)), "JPEG")),
         ("RGB JPEG 7999 x 7999", encode(Image.new("RGB", (7999, 7999), (90, 90, 90)), "JPEG")),
+        (
+            "progressive grayscale JPEG 7999 x 7999",
+            encode(Image.new("L", (7999, 7999), 128), "JPEG", progressive=True),
+        ),
+        (
+            "progressive RGB JPEG 7999 x 7999 (4:4:4)",
+            encode(
+                Image.new("RGB", (7999, 7999), (90, 100, 110)),
+                "JPEG",
+                progressive=True,
+                subsampling=0,
+            ),
+        ),
+        (
+            "progressive grayscale JPEG 4096 x 4096 (accepted)",
+            encode(Image.new("L", (4096, 4096), 128), "JPEG", progressive=True),
+        ),
     ]
     samples = sorted(SAMPLES_DIR.rglob("*.jpeg"))
     if samples:

@@ -9,7 +9,8 @@ when first needed), all of them in ``django_app/requirements.txt``.
 
 Uploads are hostile until proven otherwise: sizes, bit depths, frames and compression are read
 from the headers and checked against ``MAX_DECODED_BYTES`` before anything is decoded, large
-JPEGs are decoded at reduced scale, and pixel conversions run in bands, so that one upload
+JPEGs are decoded at reduced scale (progressive ones counted by their coefficient buffers, which
+no scale reduces), and pixel conversions run in bands, so that one upload
 costs a bounded amount of memory whatever it declares (bench/upload_memory.py).
 """
 
@@ -149,6 +150,26 @@ def _check_raster(width: int, height: int, bytes_per_pixel: float, what: str) ->
         )
 
 
+def _check_progressive(image: Image.Image) -> None:
+    """A progressive JPEG is decoded from a buffer of every component's DCT coefficients at
+    full size (2 bytes each), whatever scale it is drafted to: count that from the header."""
+    width, height = image.size
+    sampling = [(h, v) for _, h, v, _ in getattr(image, "layer", [])] or [(1, 1)]
+    h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
+
+    def blocks(pixels: int, factor: int, most: int) -> int:  # 8 x 8 blocks along one side
+        return -(-(-(-pixels * factor // most)) // 8)
+
+    needed = sum(blocks(width, h, h_max) * blocks(height, v, v_max) * 64 * 2 for h, v in sampling)
+    if needed > MAX_DECODED_BYTES:
+        raise InvalidImage(
+            f"The image is too large to process: a progressive JPEG of {width}x{height} with"
+            f" {len(sampling)} component(s) needs {needed / 2**20:.0f} MB to decode,"
+            f" {MAX_DECODED_BYTES // 2**20} MB at most. Export it as a baseline (standard) JPEG"
+            " or a PNG, or at a lower resolution."
+        )
+
+
 def _read_picture(data: bytes, max_side: int | None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -161,6 +182,8 @@ def _read_picture(data: bytes, max_side: int | None) -> Image.Image:
                     f" {FORMATS_HINT}"
                 )
             _check_size(*image.size)
+            if fmt in ("JPEG", "MPO") and image.info.get("progressive"):
+                _check_progressive(image)
             stored = image.size
             if fmt in ("JPEG", "MPO") and max_side and max(image.size) >= 2 * max_side:
                 # Decode at 1/2, 1/4 or 1/8 scale (never below max_side): the DCT does the

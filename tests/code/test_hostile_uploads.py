@@ -133,3 +133,24 @@ def test_deflated_dicoms_within_the_bound_are_read_promptly():
             assert read_image(data).size == (2890, 2890)
     finally:
         signal.alarm(0)
+
+
+def test_a_large_progressive_jpeg_is_refused_from_its_header():
+    """Reduced-scale decoding does not help a progressive JPEG: libjpeg buffers every DCT
+    coefficient at full size (7999 x 7999 grayscale: 122 MB; colour with 4:2:0 chroma: 183 MB)."""
+    for mode, needed in (("L", 122), ("RGB", 183)):
+        colour = 128 if mode == "L" else (90, 100, 110)
+        data = encode(Image.new(mode, (7999, 7999), colour), "JPEG", progressive=True)
+        before = peak_rss_mb()
+        with pytest.raises(InvalidImage, match=f"progressive JPEG of 7999x7999.* {needed} MB"):
+            read_image(data, max_side=WORKING_SIDE)
+        assert peak_rss_mb() - before < 50, "refused before decoding"
+    # The same image as a baseline JPEG is decoded at reduced scale, as before.
+    baseline = encode(Image.new("L", (7999, 7999), 128), "JPEG")
+    assert max(read_image(baseline, max_side=WORKING_SIDE).size) < 2 * WORKING_SIDE
+
+
+def test_a_progressive_jpeg_within_the_bound_is_read():
+    data = encode(Image.new("L", (4096, 3000), 128), "JPEG", progressive=True)
+    image = read_image(data, max_side=WORKING_SIDE)
+    assert image.info["source_size"] == (4096, 3000) and image.mode == "L"
