@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -158,7 +159,7 @@ def _check_progressive(image: Image.Image) -> None:
     h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
 
     def blocks(pixels: int, factor: int, most: int) -> int:  # 8 x 8 blocks along one side
-        return -(-(-(-pixels * factor // most)) // 8)
+        return math.ceil(math.ceil(pixels * factor / most) / 8)
 
     needed = sum(blocks(width, h, h_max) * blocks(height, v, v_max) * 64 * 2 for h, v in sampling)
     if needed > MAX_DECODED_BYTES:

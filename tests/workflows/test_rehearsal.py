@@ -167,8 +167,18 @@ class Rehearsal:
         self.sh(str(BIN / "dvc"), "checkout", "-q", "--allow-missing")
         return git(self.clone, "rev-parse", "HEAD")
 
-    def act(self, workflow: str, event: str, ref: str, payload: dict) -> tuple[int, str]:
-        """Run one workflow under act in a fresh clone of origin at ``ref``."""
+    def act(
+        self,
+        workflow: str,
+        event: str,
+        ref: str,
+        payload: dict,
+        env: dict[str, str] | None = None,
+        secrets_kept_out: tuple[str, ...] = (),
+    ) -> tuple[int, str]:
+        """Run one workflow under act in a fresh clone of origin at ``ref``; ``env`` is added
+        to the job's environment, the secrets named in ``secrets_kept_out`` are not given (as
+        GitHub gives none to a fork's pull request)."""
         self.runs += 1
         run = self.work / "runs" / f"{self.runs:02d}-{workflow}"
         git(self.work, "clone", "-q", str(self.origin), str(run))
@@ -218,30 +228,32 @@ class Rehearsal:
             "NODE_OPTIONS=--no-experimental-fetch",
             "--env",
             "PYTHONPATH=src",  # the code of this checkout, not the venv's editable one
-            "-s",
-            "AWS_ACCESS_KEY_ID=testing",
-            "-s",
-            "AWS_SECRET_ACCESS_KEY=testing",
-            "-s",
-            f"MLFLOW_TRACKING_URI={self.mlflow}",
-            "-s",
-            f"MLFLOW_TRACKING_USERNAME={MLFLOW_USER}",
-            "-s",
-            f"MLFLOW_TRACKING_PASSWORD={MLFLOW_PASSWORD}",
-            "-s",
-            f"GITHUB_TOKEN={self.github.token}",
-            "-s",
-            f"RETRAIN_PR_TOKEN={self.github.token}",
-            "-s",
-            f"HEROKU_API_KEY={self.heroku.api_key}",
-            "-s",
-            f"HEROKU_SMOKE_TEST_TOKEN={self.smoke_token}",
-            "-s",
-            "SLACK_WEBHOOK_URL=",
             "--var",
             f"HEROKU_APP_NAME={APP}",
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GITHUB_", "RUNNER_"))}
+        given = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "MLFLOW_TRACKING_URI": self.mlflow,
+            "MLFLOW_TRACKING_USERNAME": MLFLOW_USER,
+            "MLFLOW_TRACKING_PASSWORD": MLFLOW_PASSWORD,
+            "GITHUB_TOKEN": self.github.token,
+            "RETRAIN_PR_TOKEN": self.github.token,
+            "HEROKU_API_KEY": self.heroku.api_key,
+            "HEROKU_SMOKE_TEST_TOKEN": self.smoke_token,
+            "SLACK_WEBHOOK_URL": "",
+        }
+        for name, value in given.items():
+            if name not in secrets_kept_out:
+                command += ["-s", f"{name}={value}"]
+        for name, value in (env or {}).items():
+            command += ["--env", f"{name}={value}"]
+        # nothing of this process's own reaches the job (host mode): no AWS keys of the fixtures
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("GITHUB_", "RUNNER_", "AWS_", "MLFLOW_"))
+        }
         result = subprocess.run(
             command,
             cwd=run,
@@ -365,7 +377,21 @@ def health(url: str) -> dict:
         return json.loads(response.read())
 
 
-def review(rehearsal, number: int, head: str, sha: str) -> tuple[int, str]:
+def pull_request_event(rehearsal, number: int, head: str, sha: str, fork: bool = False) -> dict:
+    """A pull request's event: from a branch of the repository, or opened from someone's fork."""
+    main = git(rehearsal.work, "--git-dir", str(rehearsal.origin), "rev-parse", "main")
+    pull = {
+        "number": number,
+        "head": {"ref": head, "sha": sha},
+        "base": {"ref": "main", "sha": main},
+    }
+    if fork:
+        pull["head"]["repo"] = {"fork": True, "full_name": "someone/pneumonia"}
+        pull["user"] = {"login": "someone"}
+    return {"number": number, "pull_request": pull}
+
+
+def review(rehearsal, number: int, head: str, sha: str, fork: bool = False) -> tuple[int, str]:
     """pr-review as GitHub runs it on pull_request_target: main's workflow and code at main's
     commit, the pull request's commit only as refs/pull/N/head on origin."""
     git(
@@ -377,14 +403,7 @@ def review(rehearsal, number: int, head: str, sha: str) -> tuple[int, str]:
         sha,
     )
     main = git(rehearsal.work, "--git-dir", str(rehearsal.origin), "rev-parse", "main")
-    payload = {
-        "number": number,
-        "pull_request": {
-            "number": number,
-            "head": {"ref": head, "sha": sha},
-            "base": {"ref": "main", "sha": main},
-        },
-    }
+    payload = pull_request_event(rehearsal, number, head, sha, fork)
     return rehearsal.act("pr-review", "pull_request_target", main, payload)
 
 
@@ -675,3 +694,61 @@ def test_a_cancelled_model_deploy_is_caught_up_by_the_next_push(rehearsal, herok
     code, log = rehearsal.act("deploy", "push", model, {"ref": "refs/heads/main", "after": model})
     assert code == 0, log[-6000:]
     assert "never deployed over" in log and len(fake.releases) == releases + 1
+
+
+def test_a_fork_pull_request_without_secrets_passes_ci_saying_what_it_skipped(rehearsal, github):
+    """ci on a fork's docs change, with none of the repository's secrets: the data step says
+    why it pulls nothing, the tests that need the dataset skip with that reason, the job is
+    green; and main's pr-review passes it without touching the model."""
+    git(rehearsal.clone, "checkout", "-q", "-B", "fork-docs", "main")
+    with open(rehearsal.clone / "README.md", "a") as f:
+        f.write("\nA typo fixed by a contributor.\n")
+    sha = rehearsal.commit_and_push("README: a contributor's typo fix", branch="fork-docs")
+    git(rehearsal.clone, "checkout", "-q", "main")
+    number = github.add_pull("fork-docs", sha)
+    selection = "-rs tests/code/test_testdata.py tests/code/test_data.py"
+    code, log = rehearsal.act(
+        "ci",
+        "pull_request",
+        sha,
+        pull_request_event(rehearsal, number, "fork-docs", sha, fork=True),
+        env={"PYTEST_ARGS": selection},  # the suite's data-dependent part, not all of it
+        secrets_kept_out=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    )
+    assert code == 0, log[-6000:]
+    why = "a pull request from a fork gets none of the repository's secrets"
+    assert "::warning title=Test data skipped::no test data from the DVC remote" in log
+    assert why in log, log[-6000:]
+    assert "SKIPPED" in log and f"{why}. The tests that need the dataset are skipped" in log
+    assert " passed" in log and " failed" not in log, "the rest of the selection ran"
+    code, log = review(rehearsal, number, "fork-docs", sha, fork=True)
+    assert code == 0, log[-6000:]
+    assert "gate: PASS" in log and github.pull(number).labels == []
+
+
+def test_a_fork_pull_request_that_changes_the_model_is_left_to_a_maintainer(rehearsal, github):
+    """A fork cannot push its bundle to the project's DVC remote: main's gate says a
+    maintainer must retrain or push it, in the report comment and as a red check."""
+    from pneumonia.served import identity
+
+    git(rehearsal.clone, "checkout", "-q", "-B", "fork-model", "main")
+    manifest_path = rehearsal.clone / "models" / "bundle" / "model.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["guard"]["threshold"] = manifest["guard"]["threshold"] * 0.5
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    served_path = rehearsal.clone / "metrics" / "served.json"
+    served = json.loads(served_path.read_text())
+    served["model"] = identity(manifest)
+    served_path.write_text(json.dumps(served, indent=2) + "\n")
+    rehearsal.sh(str(BIN / "dvc"), "commit", "-f", "-q", "export")  # no push: a fork can't
+    sha = rehearsal.commit_and_push("A stricter guard, from a fork", branch="fork-model")
+    git(rehearsal.clone, "checkout", "-q", "main")
+    rehearsal.sh(str(BIN / "dvc"), "checkout", "-q", "--allow-missing")
+    number = github.add_pull("fork-model", sha)
+    code, log = review(rehearsal, number, "fork-model", sha, fork=True)
+    assert code != 0, "a model nobody can check does not pass"
+    assert "a maintainer must retrain or push its model" in log, log[-6000:]
+    (comment,) = github.comments_on(number)
+    assert "**Gate: :x: ERROR**" in comment.body
+    assert "a maintainer must retrain or push its model" in comment.body
+    assert github.pull(number).labels == ["gate: failed"]
