@@ -67,6 +67,12 @@ _DICOM_UNCOMPRESSED = {
 _DICOM_DEFLATED = "1.2.840.10008.1.2.1.99"
 WORKING_SIDE = 1024  # the app decodes large JPEGs to no less: display 512 px, model 224 px
 FORMATS_HINT = "Upload a chest X-ray as JPEG, PNG or DICOM (.dcm)."
+# A JPEG cut short decodes with its missing rows in flat grey: a band of one value at the bottom
+# this tall (a fraction of the height) is refused as truncated; one of black or white only when
+# much taller (real images have thin borders: the dataset's widest is 7% of the height).
+MID_GREY = (16, 239)
+TRUNCATED_GREY_BAND = 0.02
+TRUNCATED_ANY_BAND = 0.25
 
 
 class InvalidImage(ValueError):
@@ -171,6 +177,30 @@ def _check_progressive(image: Image.Image) -> None:
         )
 
 
+def _check_complete(image: Image.Image) -> None:
+    """Refuse a JPEG whose scan stops early: libjpeg fills what is missing with flat grey (128)
+    down to the bottom of the image as stored, and a cut file with an end marker appended
+    decodes without an error. Real radiographs end in noise, or at most in a thin black or
+    white border (the dataset's widest: 7% black), never in a band of one mid grey."""
+    width, height = image.size
+    last = np.asarray(image.crop((0, height - 1, width, height)).getchannel(0))
+    if last.min() != last.max():
+        return  # nearly every image: one row looked at
+    value = int(last[0, 0])
+    pixels = np.asarray(image.getchannel(0))
+    flat = (pixels.min(axis=1) == value) & (pixels.max(axis=1) == value)
+    if flat.all():
+        return  # a blank image: the guard refuses it as uniform, saying so
+    band = height - (int(np.flatnonzero(~flat)[-1]) + 1)
+    grey = MID_GREY[0] <= value <= MID_GREY[1]
+    if band >= max(4, height * (TRUNCATED_GREY_BAND if grey else TRUNCATED_ANY_BAND)):
+        raise InvalidImage(
+            f"The image is incomplete: its bottom {100 * band / height:.0f}% is one flat"
+            f" {'grey' if grey else 'band'}, as a file cut short in the upload or export"
+            " decodes. Upload the complete original file again."
+        )
+
+
 def _read_picture(data: bytes, max_side: int | None) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -206,6 +236,8 @@ def _read_picture(data: bytes, max_side: int | None) -> Image.Image:
                 "The image file is damaged or incomplete (corrupt or truncated upload?). Try"
                 " again with the original file."
             ) from None
+    if fmt in ("JPEG", "MPO"):
+        _check_complete(image)
     scale = stored[0] / image.size[0]  # > 1 where decoded at reduced scale
     ImageOps.exif_transpose(image, in_place=True)  # not a copy: one raster at a time
     colour = colourfulness(image)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pneumonia.serving import MAX_DECODED_BYTES, WORKING_SIDE, InvalidImage, read_image
+from tests.conftest import SAMPLES, require_data
 from tests.hostile_files import (
     DeflatedExplicitVRLittleEndian,
     deflated_bomb,
@@ -154,3 +155,26 @@ def test_a_progressive_jpeg_within_the_bound_is_read():
     data = encode(Image.new("L", (4096, 3000), 128), "JPEG", progressive=True)
     image = read_image(data, max_side=WORKING_SIDE)
     assert image.info["source_size"] == (4096, 3000) and image.mode == "L"
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.8, 0.95])
+def test_a_real_xray_cut_short_with_an_end_marker_is_refused(kept):
+    """libjpeg decodes a cut JPEG whose end marker was appended without an error, the missing
+    rows flat grey: that is no X-ray to answer on."""
+    require_data()
+    original = max(sorted(SAMPLES.rglob("*.jpeg"))[:10], key=lambda p: p.stat().st_size)
+    data = original.read_bytes()
+    cut = data[: int(len(data) * kept)] + b"\xff\xd9"
+    with pytest.raises(InvalidImage, match=r"incomplete: its bottom \d+% is one flat grey"):
+        read_image(cut, max_side=WORKING_SIDE)
+    assert read_image(data, max_side=WORKING_SIDE).info["format"] == "JPEG"
+
+
+def test_thin_borders_and_blank_images_are_not_called_truncated():
+    """The dataset's widest border (7% black at the bottom) is read; a blank image is left to
+    the guard (refused as uniform there, with its own message)."""
+    gray = np.full((400, 300), 90, np.uint8)
+    gray[:, ::2] = 110  # texture: every row varies
+    gray[-28:] = 0  # a 7% black border
+    assert read_image(encode(Image.fromarray(gray), "JPEG", quality=100)).size == (300, 400)
+    assert read_image(encode(Image.new("L", (300, 400), 128), "JPEG")).size == (300, 400)
