@@ -48,6 +48,30 @@ def token_user(request: HttpRequest):
     return token.user
 
 
+def may_send_a_large_body(headers: dict[bytes, bytes]) -> bool:
+    """Whether a request with these (ASGI) headers comes from a signed-in active user (session
+    cookie) or a valid API token: only then is a body larger than ``ANONYMOUS_BODY_BYTES``
+    read (xrayweb.limits). Looks at the headers only, never the body."""
+    from importlib import import_module
+
+    from django.contrib.auth import get_user
+    from django.http.cookie import parse_cookie
+
+    request = HttpRequest()
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if authorization:
+        request.META["HTTP_AUTHORIZATION"] = authorization
+        if token_user(request) is not None:
+            return True
+    key = parse_cookie(headers.get(b"cookie", b"").decode("latin-1")).get(
+        settings.SESSION_COOKIE_NAME
+    )
+    if not key:
+        return False
+    request.session = import_module(settings.SESSION_ENGINE).SessionStore(key)
+    return get_user(request).is_authenticated
+
+
 def api_login_required(view):
     """API views: a valid token or a 401 JSON answer (never a redirect to the login page)."""
 

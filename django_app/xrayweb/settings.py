@@ -149,6 +149,9 @@ DATABASES = {
 # Uploads: at most 10 MB, kept in memory only (never written to a temporary file).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 REQUEST_BODY_SECONDS = 120  # a body still arriving after this is refused (408): xrayweb.asgi
+# A body larger than this is read only for a signed-in user or a valid API token (401 before
+# reading otherwise): anonymous clients cannot make the workers buffer uploads.
+ANONYMOUS_BODY_BYTES = 64 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_UPLOAD_BYTES + 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 FILE_UPLOAD_HANDLERS = ["django.core.files.uploadhandler.MemoryFileUploadHandler"]

@@ -411,3 +411,28 @@ def test_odd_user_names_are_never_logged(clinician, caplog):
         for _ in range(3):
             sign_in(Client(), secret, "wrong")
     assert not [r for r in caplog.records if "Secret" in r.getMessage()]
+
+
+def test_only_a_signed_in_user_or_a_valid_token_may_send_a_large_body(clinician, client):
+    """What xrayweb.limits asks before reading an upload body over ANONYMOUS_BODY_BYTES: the
+    real session and token checks, from the headers alone."""
+    from django.conf import settings
+
+    from diagnosis.accounts import may_send_a_large_body
+    from diagnosis.models import ApiToken
+
+    name = settings.SESSION_COOKIE_NAME.encode()
+    assert not may_send_a_large_body({})
+    assert not may_send_a_large_body({b"cookie": name + b"=" + b"a" * 32})
+    assert not may_send_a_large_body({b"cookie": name + b'="abc\\000def"'})
+    assert not may_send_a_large_body({b"authorization": b"Bearer not-a-token"})
+    client.force_login(clinician)
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value.encode()
+    assert may_send_a_large_body({b"cookie": b"theme=dark; " + name + b"=" + session})
+    token, raw = ApiToken.issue(clinician, "upload")
+    assert may_send_a_large_body({b"authorization": f"Bearer {raw}".encode()})
+    token.revoke()
+    assert not may_send_a_large_body({b"authorization": f"Bearer {raw}".encode()})
+    clinician.is_active = False
+    clinician.save()
+    assert not may_send_a_large_body({b"cookie": name + b"=" + session})

@@ -21,7 +21,15 @@ async def read_all(scope, receive, send):
     await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
 
-def call(chunks, delay=0.0, length=None, max_bytes=100, seconds=1.0, path="/api/v1/predictions"):
+def call(
+    chunks,
+    delay=0.0,
+    length=None,
+    max_bytes=100,
+    seconds=1.0,
+    path="/api/v1/predictions",
+    **bounds,
+):
     """Status and body of one request whose body arrives in ``chunks``, ``delay`` s apart."""
     sent, queue = [], list(chunks)
 
@@ -35,7 +43,7 @@ def call(chunks, delay=0.0, length=None, max_bytes=100, seconds=1.0, path="/api/
 
     headers = [] if length is None else [(b"content-length", str(length).encode())]
     scope = {"type": "http", "path": path, "headers": headers}
-    asyncio.run(BoundedRequests(read_all, max_bytes, seconds)(scope, receive, send))
+    asyncio.run(BoundedRequests(read_all, max_bytes, seconds, **bounds)(scope, receive, send))
     return sent[0]["status"], sent[1]["body"]
 
 
@@ -83,3 +91,35 @@ def test_a_browser_gets_the_apps_page_not_json():
     assert "Sign in" not in html and "No model loaded" not in html
     assert content_type([b"a" * 60, b"a" * 60], path="/").startswith("text/html")
     assert content_type([b"a" * 60, b"a" * 60], path="/api/v1/predictions") == "application/json"
+
+
+class Sender:
+    """What decides whether the client is signed in: answers ``signed_in``, counts the asks."""
+
+    def __init__(self, signed_in: bool):
+        self.signed_in, self.asked = signed_in, 0
+
+    def __call__(self, headers) -> bool:
+        self.asked += 1
+        return self.signed_in
+
+
+def test_a_large_body_from_someone_not_signed_in_is_refused_before_reading():
+    anonymous = Sender(False)
+    bounds = {"anonymous_bytes": 10, "may_send": anonymous}
+    status, body = call([b"never read"], length=50, **bounds)
+    assert status == 401 and "Sign in" in json.loads(body)["error"]["message"]
+    assert call([b"a" * 30, b"a" * 30], **bounds)[0] == 401, "chunked: no length declared"
+    assert call([b"a" * 8], length=8, **bounds) == (200, b"8"), "a small body is read"
+    assert anonymous.asked == 2, "asked only for the large bodies, once each"
+    signed_in = Sender(True)
+    assert call([b"a" * 50], length=50, anonymous_bytes=10, may_send=signed_in) == (200, b"50")
+    assert call([b"a" * 30] * 3, anonymous_bytes=10, may_send=signed_in) == (200, b"90")
+
+
+def test_the_refusal_leads_a_browser_to_the_sign_in_page():
+    status, body = call(
+        [b"never read"], length=50, path="/", anonymous_bytes=10, may_send=Sender(False)
+    )
+    html = body.decode()
+    assert status == 401 and "Sign in first" in html and 'href="/account/login"' in html

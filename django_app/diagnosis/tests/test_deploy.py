@@ -478,8 +478,8 @@ def test_slow_clients_do_not_take_the_site_down(heroku_app):
     stop_sending = threading.Event()
     head = (
         b"POST /account/login HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
-        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100000\r\n\r\n"
-    )
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 60000\r\n\r\n"
+    )  # under ANONYMOUS_BODY_BYTES: anonymous, yet read (a larger one is refused at once)
 
     def trickle() -> None:
         with socket.create_connection(("127.0.0.1", heroku_app["port"]), timeout=5) as conn:
@@ -504,6 +504,35 @@ def test_slow_clients_do_not_take_the_site_down(heroku_app):
             sender.join(timeout=5)
     log = (heroku_app["build"] / "web.log").read_text()
     assert "WORKER TIMEOUT" not in log and "Worker was sent SIGKILL" not in log
+
+
+def test_an_anonymous_upload_is_refused_before_its_body_is_read(heroku_app):
+    """32 clients not signed in, each declaring a 10 MB upload and sending nothing of it: each
+    gets 401 at once (the workers buffer nothing), and /health keeps answering."""
+    import socket
+
+    head = (
+        b"POST /api/v1/predictions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+        b"Content-Type: multipart/form-data; boundary=x\r\n"
+        b"Content-Length: 10485760\r\n\r\n"
+    )
+    connections = []
+    try:
+        for _ in range(32):
+            conn = socket.create_connection(("127.0.0.1", heroku_app["port"]), timeout=10)
+            conn.sendall(head)
+            connections.append(conn)
+        for conn in connections:
+            answer = b""
+            while chunk := conn.recv(4096):  # the server closes the connection after it
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+            assert b"Sign in" in answer
+        status, _, _ = get(f"{heroku_app['url']}/health", HTTPS, timeout=5)
+        assert status == 200
+    finally:
+        for conn in connections:
+            conn.close()
 
 
 def test_a_newline_in_a_url_forges_no_access_log_line(heroku_app):
