@@ -13,7 +13,10 @@ MLflow production alias); a scheduled run with nothing new stays green without a
 a calibration-only change fails the gate (same decisions: no gain) and is labelled; a new data
 drop opens a pull request whose report says the data changed; merges of an
 app-only change (deployed with the current model), of a docs-only change (nothing deployed) and
-of a broken app (smoke test fails, rolled back to the running release).
+of a broken app (smoke test fails, rolled back to the running release); a cancelled model
+deploy caught up by the next push; then two pull requests as a fork opens them, without the
+repository's secrets: a docs change passes ci, saying what it skipped, and a model change is left
+to a maintainer (the gate's status and comment say so).
 """
 
 from __future__ import annotations
