@@ -251,11 +251,14 @@ class Rehearsal:
                 command += ["-s", f"{name}={value}"]
         for name, value in (env or {}).items():
             command += ["--env", f"{name}={value}"]
-        # nothing of this process's own reaches the job (host mode): no AWS keys of the fixtures
+        # nothing of this process's own reaches the job (host mode): no AWS keys of the fixtures,
+        # and no make state (`make test PYTEST_ARGS=...` exports it in MAKEFLAGS, which would
+        # override the job's own PYTEST_ARGS in its `make test`)
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("GITHUB_", "RUNNER_", "AWS_", "MLFLOW_"))
+            and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")
         }
         result = subprocess.run(
             command,
