@@ -3,6 +3,7 @@ DATABASE_URL says otherwise, the test PostgreSQL server (tests/postgres.py: the 
 throwaway one where none runs)."""
 
 import os
+from pathlib import Path
 
 from tests.postgres import database_url
 
@@ -17,3 +18,11 @@ STORAGES = {"staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.Stati
 
 # Password hashing is deliberately slow; tests create many users (production keeps PBKDF2).
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Django tests SQLite in memory with a shared cache, where a table another connection is using is
+# "locked" at once instead of waited for: threads (the purger, parallel sign-ins) then failed by
+# chance. A file next to the configured one behaves as the local SQLite the app really runs on.
+_database = DATABASES["default"]  # noqa: F405
+if _database["ENGINE"] == "django.db.backends.sqlite3" and _database["NAME"] != ":memory:":
+    _file = Path(_database["NAME"])
+    _database.setdefault("TEST", {})["NAME"] = str(_file.with_name(f"test_{_file.name}"))

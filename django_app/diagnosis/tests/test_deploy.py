@@ -254,10 +254,13 @@ def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
 
 
 def test_app_suite_passes_on_sqlite(tmp_path):
+    """Local use runs on SQLite: the app's suite passes on a SQLite file, and no thread of it
+    (the purger, parallel sign-ins) fails unseen."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     tests = str(APP / "diagnosis" / "tests")
     pytest = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow"]
+    pytest += ["-W", "error::pytest.PytestUnhandledThreadExceptionWarning"]
     result = run([*pytest, tests], REPO, env)
     assert " passed" in result.stdout and "failed" not in result.stdout
 
