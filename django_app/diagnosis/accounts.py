@@ -1,26 +1,35 @@
 """Who is asking: session login (throttled in the authentication backend, so every sign-in
 form is) for pages, bearer tokens for the API.
 
-The throttle is ours rather than django-axes: it is one backend and one table, counts with a
-single atomic upsert (parallel attempts cannot share a slot), and locks an address per name
-rather than the name itself, so guessing cannot lock a clinician out.
+The throttle is ours rather than django-axes: one backend and one table, counting with a
+single atomic upsert (parallel attempts cannot share a slot). It locks (address, name) pairs as
+axes' user + IP combination does, with wider per-address and per-name limits that spare
+browsers where the name signed in before (OWASP's device cookies): guessing cannot lock a
+clinician's own browser, nor a hospital's address for its known browsers.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import ipaddress
+import secrets
 import unicodedata
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.backends import ModelBackend
+from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.db import connection
-from django.db.models import F
+from django.db.models import F, Q
 from django.http import HttpRequest, JsonResponse
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.cache import never_cache
 
 from diagnosis.models import ApiToken, LoginFailure, hash_token
 
@@ -116,15 +125,66 @@ def normalised_username(username: str) -> str:
     return unicodedata.normalize("NFKC", str(username)).casefold().strip()[:150]
 
 
+DEVICE_COOKIE = "signin_device"
+DEVICE_COOKIE_DAYS = 90
+DEVICE_NAMES = 8  # a shared ward computer remembers this many of its users
+
+
+def _name_digest(name: str) -> str:
+    """How the device cookie names a user: a digest, so a shared computer's cookie does not
+    list who signed in on it."""
+    return hashlib.sha256(f"device:{name}".encode()).hexdigest()[:24]
+
+
+def _trusted_devices(request: HttpRequest) -> dict[str, str]:
+    """The browser's device cookie: for each name (digest) that signed in here, its device id
+    (signed, so it cannot be made up; a copy of it is as good as the browser)."""
+    raw = request.COOKIES.get(DEVICE_COOKIE)
+    if not raw:
+        return {}
+    try:
+        pairs = signing.loads(
+            raw, salt="diagnosis.device", max_age=timedelta(days=DEVICE_COOKIE_DAYS)
+        )
+        return {str(name): str(device) for name, device in pairs}
+    except (signing.BadSignature, TypeError, ValueError):
+        return {}
+
+
+def remember_device(request: HttpRequest, response, username: str) -> None:
+    """After a successful sign-in: this browser becomes a trusted device for the name."""
+    devices = _trusted_devices(request)
+    name = _name_digest(normalised_username(username))
+    devices.pop(name, None)
+    devices[name] = secrets.token_urlsafe(16)  # a new id: the old one's failures stay its own
+    pairs = list(devices.items())[-DEVICE_NAMES:]
+    response.set_cookie(
+        DEVICE_COOKIE,
+        signing.dumps(pairs, salt="diagnosis.device"),
+        max_age=DEVICE_COOKIE_DAYS * 24 * 3600,
+        secure=settings.SESSION_COOKIE_SECURE,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
 def _limits(request: HttpRequest, username: str) -> dict[str, int]:
-    """Each throttle key and its limit. One address may fail LOGIN_FAILURE_LIMIT times for a
-    name, and as often across names; a name may fail LOGIN_FAILURE_LIMIT_PER_USER times across
-    addresses: so one attacker can lock only their own address out, not the clinician."""
+    """Each throttle key of this attempt and its limit, in the order slots are taken.
+
+    A browser where the name signed in before (its device cookie) counts only on its own
+    device key. Any other client counts per (address, name), per address across names and
+    per name across addresses: reaching one locks that key's untrusted clients for the rest of
+    its window, never a clinician's own browser; one address can guess one name only
+    LOGIN_FAILURE_LIMIT times, and a site behind one address (NAT) is locked only for browsers
+    that never signed in there (docs/web-app.md, bench/login_throttle.py)."""
     name, address = normalised_username(username), client_address(request)
     limit = settings.LOGIN_FAILURE_LIMIT
+    device = _trusted_devices(request).get(_name_digest(name))
+    if device is not None:
+        return {f"login-fail:device:{device}": limit}
     return {
         f"login-fail:pair:{address}:{name}": limit,
-        f"login-fail:ip:{address}": limit,
+        f"login-fail:ip:{address}": settings.LOGIN_FAILURE_LIMIT_PER_ADDRESS,
         f"login-fail:user:{name}": settings.LOGIN_FAILURE_LIMIT_PER_USER,
     }
 
@@ -157,33 +217,53 @@ def _count(key: str) -> int:
         return cursor.fetchone()[0]
 
 
+def _give_back(keys) -> None:
+    LoginFailure.objects.filter(key__in=list(keys), count__gt=0).update(count=F("count") - 1)
+
+
+def take_slots(request: HttpRequest, username: str) -> bool:
+    """Take this attempt's slot on each of its keys, atomically; False (and nothing taken)
+    when one is full: a refused attempt counts nowhere, so an attacker locked out of one
+    (address, name) adds nothing to the name's or the address's counter."""
+    taken = []
+    for key, limit in _limits(request, username).items():
+        taken.append(key)
+        if _count(key) > limit:
+            _give_back(taken)
+            return False
+    return True
+
+
+def give_slots_back(request: HttpRequest, username: str) -> None:
+    """A right password: its slots are given back, and the failures of this (address, name)
+    or this device are forgotten; others' failures on the name or the address are not."""
+    limits = _limits(request, username)
+    _give_back(limits)
+    mine = Q(key__startswith="login-fail:pair:") | Q(key__startswith="login-fail:device:")
+    LoginFailure.objects.filter(mine, key__in=limits).delete()
+
+
 class ThrottledBackend(ModelBackend):
     """Django's user/password check behind the throttle, for every way to sign in (the app's
-    login page, the admin's, any other form): each attempt takes a slot first, atomically, and
-    gives it back when the password was right; past the limit the password is not checked."""
+    login page, the admin's, any other form): each attempt takes its slots first, atomically,
+    and gives them back when the password was right; past a limit the password is not
+    checked."""
 
     def authenticate(self, request, username=None, password=None, **kwargs):
         if request is None or username is None:
             return super().authenticate(request, username, password, **kwargs)
-        limits = _limits(request, username)
-        counts = {key: _count(key) for key in limits}
-        if any(counts[key] > limit for key, limit in limits.items()):
+        if not take_slots(request, username):
             raise PermissionDenied("too many failed sign-ins")  # stops every backend
         user = super().authenticate(request, username, password, **kwargs)
-        if user is not None:  # the slot is given back: success does not count
-            LoginFailure.objects.filter(key__in=limits).exclude(
-                key__startswith="login-fail:ip:"
-            ).delete()
-            LoginFailure.objects.filter(key=next(iter(k for k in limits if ":ip:" in k))).update(
-                count=F("count") - 1
-            )
+        if user is not None:  # success does not count
+            give_slots_back(request, username)
         return user
 
 
 class ThrottledLoginView(auth_views.LoginView):
     """Django's login, refusing attempts (429) after too many failures for a user name or
     from one address, until the window ends. The refusal does not say whether the account
-    exists."""
+    exists. A success makes the browser a trusted device for the name."""
 
     template_name = "diagnosis/login.html"
     redirect_authenticated_user = True
@@ -192,6 +272,11 @@ class ThrottledLoginView(auth_views.LoginView):
         if login_locked(request, request.POST.get("username", "")):
             return self.locked()
         return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        remember_device(self.request, response, form.get_user().get_username())
+        return response
 
     def form_invalid(self, form):
         if login_locked(self.request, self.request.POST.get("username", "")):
@@ -209,6 +294,33 @@ class ThrottledLoginView(auth_views.LoginView):
         return self.render_to_response(context, status=429)
 
 
+@never_cache
+def admin_login(request: HttpRequest):
+    """The admin's login page (Django's AdminSite.login) on the app's throttled view, so a
+    locked name is told it is locked: Django's own page says the right password is wrong."""
+    from django.contrib import admin
+    from django.contrib.admin.forms import AdminAuthenticationForm
+
+    if request.method == "GET" and admin.site.has_permission(request):
+        return redirect("admin:index")
+    context = {
+        **admin.site.each_context(request),
+        "title": "Log in",
+        "subtitle": None,
+        "app_path": request.get_full_path(),
+        "username": request.user.get_username(),
+    }
+    if REDIRECT_FIELD_NAME not in request.GET and REDIRECT_FIELD_NAME not in request.POST:
+        context[REDIRECT_FIELD_NAME] = reverse("admin:index")
+    request.current_app = admin.site.name
+    return ThrottledLoginView.as_view(
+        extra_context=context,
+        authentication_form=AdminAuthenticationForm,
+        template_name="diagnosis/admin_login.html",
+        redirect_authenticated_user=False,
+    )(request)
+
+
 class ThrottledPasswordChangeView(auth_views.PasswordChangeView):
     """Django's password change, its old-password check counted on the sign-in throttle's
     counters: a session left open (or stolen) cannot guess the password faster than the sign-in
@@ -218,16 +330,20 @@ class ThrottledPasswordChangeView(auth_views.PasswordChangeView):
     success_url = "/"
 
     def post(self, request, *args, **kwargs):
-        if login_locked(request, request.user.get_username()):
+        if not take_slots(request, request.user.get_username()):
             return self.locked()
         return super().post(request, *args, **kwargs)
 
+    def form_valid(self, form):
+        give_slots_back(self.request, self.request.user.get_username())
+        return super().form_valid(form)
+
     def form_invalid(self, form):
-        if "old_password" in form.errors:
-            limits = _limits(self.request, self.request.user.get_username())
-            counts = {key: _count(key) for key in limits}
-            if any(counts[key] >= limit for key, limit in limits.items()):
-                return self.locked()
+        name = self.request.user.get_username()
+        if "old_password" not in form.errors:
+            give_slots_back(self.request, name)  # the right current password
+        elif login_locked(self.request, name):
+            return self.locked()  # this attempt reached the limit
         return super().form_invalid(form)
 
     def locked(self):

@@ -103,9 +103,12 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 SESSION_COOKIE_AGE = 8 * 3600  # a working shift
 SESSION_ENGINE = "diagnosis.sessions"  # database sessions that refuse keys Django never issues
-LOGIN_FAILURE_LIMIT = 5  # failed sign-ins per (address, user name) and per address, ...
-LOGIN_FAILURE_LIMIT_PER_USER = 25  # ... per user name from all addresses together, ...
-LOGIN_LOCKOUT_SECONDS = 15 * 60  # ... within this window lock further attempts for its rest
+# The sign-in throttle (diagnosis.accounts): failures counted within a window of
+# LOGIN_LOCKOUT_SECONDS, after which that counter starts again.
+LOGIN_FAILURE_LIMIT = 5  # per (address, user name), and per trusted browser (device cookie)
+LOGIN_FAILURE_LIMIT_PER_ADDRESS = 20  # per address across names, browsers never signed in there
+LOGIN_FAILURE_LIMIT_PER_USER = 25  # per name across addresses, browsers never signed in there
+LOGIN_LOCKOUT_SECONDS = 15 * 60
 # Every sign-in (the app's page, the admin's) goes through the throttle: diagnosis.accounts.
 AUTHENTICATION_BACKENDS = ["diagnosis.accounts.ThrottledBackend"]
 BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY")

@@ -1,4 +1,4 @@
-from diagnosis.accounts import ThrottledLoginView, ThrottledPasswordChangeView
+from diagnosis.accounts import ThrottledLoginView, ThrottledPasswordChangeView, admin_login
 from diagnosis.views import api, errors, pages
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -16,6 +16,7 @@ urlpatterns = [
     path("account/logout", auth_views.LogoutView.as_view(), name="logout"),
     path("account/password", ThrottledPasswordChangeView.as_view(), name="password_change"),
     path("account/tokens", pages.tokens, name="tokens"),
+    path("admin/login/", admin_login, name="admin_login"),  # before the admin's own
     path("admin/", admin.site.urls),
     path("api/v1/predictions", api.api_predictions, name="api_predictions"),
     path("api/v1/predictions/<int:pk>", api.api_prediction, name="api_prediction"),

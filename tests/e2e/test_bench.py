@@ -271,3 +271,20 @@ def test_heatmap_benchmark_counts_peaks_outside_the_chest(tmp_path):
     command = [sys.executable, "-m", "bench.heatmaps", "--bundle", str(bundle)]
     result = run([*command, "--prepared", str(tmp_path / "prepared")], REPO, tool_env())
     assert "| all (8) |" in result.stdout and "| true PNEUMONIA (4) |" in result.stdout
+
+
+def test_sign_in_throttle_benchmark_counts_guesses_and_lock_outs():
+    """15 simulated minutes (one window): one address gets LOGIN_FAILURE_LIMIT guesses at a
+    name, its owner's own browser is never locked out; the table is what docs/benchmarks.md
+    shows."""
+    result = run([sys.executable, "bench/login_throttle.py", "--minutes", "15"], REPO, tool_env())
+    rows = {
+        cells[0]: cells[1:]
+        for line in result.stdout.splitlines()
+        if line.startswith("| ") and not line.startswith("| Scenario")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert rows["one address guesses dr_ada, 1 try/s: dr_ada's own browser"] == ["5", "0 of 15"]
+    assert rows["100 addresses guess dr_ada, 1 try/min each: her own browser"][1] == "0 of 15"
+    assert rows["... dr_ada on a new browser at that address"][1] != "0 of 15"
+    assert rows["... dr_bob on a new browser elsewhere"][1] == "0 of 15"

@@ -51,7 +51,7 @@ def test_failed_sign_ins_are_throttled_per_user_name(clinician, settings):
 
 
 def test_failed_sign_ins_are_throttled_per_address(clinician, other_clinician, settings):
-    settings.LOGIN_FAILURE_LIMIT = 3
+    settings.LOGIN_FAILURE_LIMIT_PER_ADDRESS = 3
     for name in ("x1", "x2", "x3"):  # guessing several user names from one address
         sign_in(Client(), name, "wrong", REMOTE_ADDR="10.1.1.1")
     assert sign_in(Client(), "dr_bob", PASSWORD, REMOTE_ADDR="10.1.1.1").status_code == 429
@@ -59,7 +59,7 @@ def test_failed_sign_ins_are_throttled_per_address(clinician, other_clinician, s
 
 
 def test_behind_the_proxy_the_forwarded_address_counts(clinician, settings):
-    settings.LOGIN_FAILURE_LIMIT, settings.BEHIND_PROXY = 2, True
+    settings.LOGIN_FAILURE_LIMIT_PER_ADDRESS, settings.BEHIND_PROXY = 2, True
     for name in ("x1", "x2"):
         sign_in(Client(), name, "wrong", HTTP_X_FORWARDED_FOR="203.0.113.7")
     blocked = sign_in(Client(), "dr_ada", PASSWORD, HTTP_X_FORWARDED_FOR="203.0.113.7")
@@ -331,6 +331,75 @@ def test_one_attacker_cannot_lock_a_clinician_out(clinician, settings):
         sign_in(Client(), "dr_ada", "wrong", REMOTE_ADDR="198.51.100.66")
     assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="198.51.100.66").status_code == 429
     assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="10.20.30.40").status_code == 302
+
+
+def test_wrong_tries_from_one_address_do_not_lock_the_name_elsewhere(clinician, staff):
+    """26 wrong passwords for one name at /admin/login/ from one address used to lock it
+    everywhere (the name's counter, 25, kept filling while the address was refused)."""
+    from diagnosis.models import LoginFailure
+
+    for _ in range(26):
+        Client().post("/admin/login/", {"username": "dr_ada", "password": "wrong"})
+    assert LoginFailure.objects.get(key="login-fail:user:dr_ada").count == 5, "refused: uncounted"
+    assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="10.20.30.40").status_code == 302
+
+
+def test_the_admin_login_says_a_locked_name_is_locked(staff, settings):
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        Client().post("/admin/login/", {"username": "head_nurse", "password": "wrong"})
+    page = Client().post("/admin/login/", {"username": "head_nurse", "password": PASSWORD})
+    html = page.content.decode()
+    assert page.status_code == 429 and 'id="login-locked"' in html
+    assert "Too many failed sign-in attempts" in html and "correct username" not in html
+    fresh = Client().post(
+        "/admin/login/?next=/admin/",
+        {"username": "head_nurse", "password": PASSWORD},
+        REMOTE_ADDR="10.9.9.9",
+    )
+    assert fresh.status_code == 302 and fresh["Location"] == "/admin/"
+
+
+def test_guesses_at_other_names_do_not_lock_out_a_site_behind_one_address(clinician, settings):
+    """One hospital behind NAT is one address: a handful of failures for other names from it
+    (typos, an attacker inside) leaves its clinicians signing in."""
+    for name in ("x1", "x2", "x3", "x4", "x5", "x6"):
+        sign_in(Client(), name, "wrong", REMOTE_ADDR="192.0.2.10")
+    assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="192.0.2.10").status_code == 302
+
+
+def test_many_addresses_guessing_a_name_do_not_lock_its_own_browser(clinician, settings):
+    """Five addresses x five tries fill the name's counter: browsers that never signed in as
+    it wait; the clinician's own browser (its device cookie from an earlier sign-in) does not."""
+    own = Client()
+    assert sign_in(own, "dr_ada", PASSWORD).status_code == 302
+    own.post("/account/logout")
+    for i in range(5):
+        for _ in range(5):
+            sign_in(Client(), "dr_ada", "wrong", REMOTE_ADDR=f"198.51.100.{i}")
+    assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="203.0.113.1").status_code == 429
+    assert sign_in(own, "dr_ada", PASSWORD).status_code == 302
+
+
+def test_a_trusted_browser_is_throttled_on_its_own(clinician, settings):
+    """A device cookie is no licence to guess: it gets LOGIN_FAILURE_LIMIT tries per window,
+    its own; a forged or altered one counts as none."""
+    from diagnosis.accounts import DEVICE_COOKIE
+
+    own = Client()
+    sign_in(own, "dr_ada", PASSWORD)
+    own.post("/account/logout")
+    cookie = own.cookies[DEVICE_COOKIE].value
+    statuses = [sign_in(own, "dr_ada", "wrong").status_code for _ in range(6)]
+    assert statuses == [200] * (settings.LOGIN_FAILURE_LIMIT - 1) + [429] * (
+        7 - settings.LOGIN_FAILURE_LIMIT
+    )
+    assert sign_in(own, "dr_ada", PASSWORD).status_code == 429
+    assert sign_in(Client(), "dr_ada", PASSWORD, REMOTE_ADDR="10.3.3.3").status_code == 302
+    forged = Client()
+    forged.cookies[DEVICE_COOKIE] = cookie[:-2] + ("AA" if cookie[-2:] != "AA" else "BB")
+    for _ in range(settings.LOGIN_FAILURE_LIMIT):
+        sign_in(forged, "dr_ada", "wrong", REMOTE_ADDR="10.4.4.4")
+    assert sign_in(forged, "dr_ada", PASSWORD, REMOTE_ADDR="10.4.4.4").status_code == 429
 
 
 def test_successful_sign_ins_do_not_fill_the_addresss_counter(clinician, settings):
