@@ -204,8 +204,9 @@ def dvc_pull(root: Path, target: str) -> None:
     dvc = str(beside) if beside.exists() else shutil.which("dvc") or "dvc"
     result = subprocess.run([dvc, "pull", "-q", target], cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
+        said = (result.stderr or result.stdout).strip()[-400:] or f"exit {result.returncode}"
         raise MetricsError(
-            f"`dvc pull {target}` failed ({(result.stderr or result.stdout).strip()[-400:]}): "
+            f"`dvc pull {target}` failed ({said}): "
             "the gate needs it to check a changed model. Is the DVC remote reachable with the "
             "secrets of this job, and was the bundle pushed (`dvc push` after `dvc repro`)? A "
             "pull request from a fork cannot push to the project's remote: a maintainer must "

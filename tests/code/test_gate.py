@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from pneumonia.gate import bootstrap_interval, mcnemar_exact, paired_comparison
+from pneumonia.gate import (
+    MetricsError,
+    bootstrap_interval,
+    dvc_pull,
+    mcnemar_exact,
+    paired_comparison,
+)
 
 
 @pytest.mark.parametrize(
@@ -50,3 +61,22 @@ def test_bootstrap_memory_is_chunked_for_large_test_sets():
     a, b = rng.random(200_000) < 0.9, rng.random(200_000) < 0.9
     low, high = bootstrap_interval(a, b, 40)  # 40 x 200k would be 8 GB as one int64 array
     assert -0.01 < low <= high < 0.01
+
+
+def test_a_failed_dvc_pull_says_what_dvc_said_or_its_exit_status(tmp_path):
+    """`dvc pull -q` of an object no remote has prints nothing: the error still says why."""
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([dvc, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "model.json").write_text("{}")
+    subprocess.run([dvc, "add", "-q", "bundle"], cwd=tmp_path, check=True)
+    (tmp_path / "remote").mkdir()  # a remote that never got the bundle: dvc -q says nothing
+    subprocess.run([dvc, "remote", "add", "-d", "r", str(tmp_path / "remote")], cwd=tmp_path)
+    shutil.rmtree(tmp_path / "bundle")
+    shutil.rmtree(tmp_path / ".dvc" / "cache")
+    with pytest.raises(MetricsError) as caught:
+        dvc_pull(tmp_path, "bundle")
+    message = str(caught.value)
+    assert "`dvc pull bundle` failed (exit 1): the gate needs it" in message
+    assert "a maintainer must retrain or push its model" in message

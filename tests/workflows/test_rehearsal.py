@@ -754,6 +754,7 @@ def test_a_fork_pull_request_that_changes_the_model_is_left_to_a_maintainer(rehe
     code, log = review(rehearsal, number, "fork-model", sha, fork=True)
     assert code != 0, "a model nobody can check does not pass"
     assert "a maintainer must retrain or push its model" in log, log[-6000:]
+    assert "failed ():" not in log, "dvc said nothing: its exit status says why"
     (comment,) = github.comments_on(number)
     assert "**Gate: :x: ERROR**" in comment.body
     assert "a maintainer must retrain or push its model" in comment.body
