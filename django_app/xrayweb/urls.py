@@ -18,6 +18,7 @@ urlpatterns = [
     path("account/tokens", pages.tokens, name="tokens"),
     path("admin/login/", admin_login, name="admin_login"),  # before the admin's own
     path("admin/", admin.site.urls),
+    path("api/v1/openapi.json", api.openapi, name="openapi"),
     path("api/v1/predictions", api.api_predictions, name="api_predictions"),
     path("api/v1/predictions/<int:pk>", api.api_prediction, name="api_prediction"),
     path("api/v1/predictions/<int:pk>/feedback", api.api_feedback, name="api_feedback"),

@@ -20,6 +20,7 @@ from diagnosis.feedback import (
 )
 from diagnosis.held import held, hold
 from diagnosis.inference import get_model
+from diagnosis.openapi import spec
 from diagnosis.views.common import (
     UploadError,
     history_filters,
@@ -32,6 +33,21 @@ from pneumonia.serving import BundleError
 logger = logging.getLogger(__name__)
 
 
+def method_not_allowed(allowed: str, message: str) -> JsonResponse:
+    """405 in the API's error format, with the Allow header the spec names."""
+    response = api_error(405, "method_not_allowed", message)
+    response["Allow"] = allowed
+    return response
+
+
+@csrf_exempt  # GET only, no cookie read: any other method is 405, not a CSRF refusal
+@require_GET
+def openapi(request: HttpRequest) -> JsonResponse:
+    """The API's OpenAPI 3.1 description (public: it holds no data)."""
+    return JsonResponse(spec(request.build_absolute_uri("/").rstrip("/") or "/"))
+
+
+@csrf_exempt  # as above
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
     try:
@@ -65,6 +81,9 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
         queryset, _, error = history_filters(request)
         if error:
             return api_error(400, "bad_filter", error)
+        number = request.GET.get("page", "1")
+        if not (number.isascii() and number.isdigit() and int(number) >= 1):
+            return api_error(400, "bad_page", f"{number!r} is not a page number (1, 2, ...).")
         page = page_of(request, queryset)
         link = lambda n: request.build_absolute_uri(f"?{_with_page(request, n)}")  # noqa: E731
         return JsonResponse(
@@ -78,13 +97,9 @@ def api_predictions(request: HttpRequest) -> JsonResponse:
             }
         )
     if request.method != "POST":
-        response = api_error(
-            405,
-            "method_not_allowed",
-            "Use POST with a multipart 'image' file, or GET for your history.",
+        return method_not_allowed(
+            "GET, POST", "Use POST with a multipart 'image' file, or GET for your history."
         )
-        response["Allow"] = "GET, POST"
-        return response
     try:
         result, prediction = predict_upload(request, "api")
     except UploadError as exc:
@@ -120,7 +135,7 @@ def _with_page(request: HttpRequest, number: int) -> str:
 @api_login_required
 def api_prediction(request: HttpRequest, pk: int) -> JsonResponse:
     if request.method != "GET":
-        return api_error(405, "method_not_allowed", "Use GET.")
+        return method_not_allowed("GET", "Use GET.")
     try:
         return JsonResponse(prediction_json(request, find_prediction(request.user, pk)))
     except FeedbackRefused as exc:
@@ -132,7 +147,7 @@ def api_prediction(request: HttpRequest, pk: int) -> JsonResponse:
 def api_feedback(request: HttpRequest, pk: int) -> JsonResponse:
     """POST JSON ``{"true_label": "NORMAL"|"PNEUMONIA", "consent": false}``."""
     if request.method != "POST":
-        return api_error(405, "method_not_allowed", "Use POST with a JSON body.")
+        return method_not_allowed("POST", "Use POST with a JSON body.")
     try:
         body = json.loads(request.body or b"{}")
         if not isinstance(body, dict):
@@ -154,8 +169,9 @@ def api_feedback(request: HttpRequest, pk: int) -> JsonResponse:
 
 @csrf_exempt
 @api_login_required
-@require_GET
 def heatmap(request: HttpRequest, token: str) -> HttpResponse:
+    if request.method != "GET":
+        return method_not_allowed("GET", "Use GET.")
     jpeg = held(f"heatmap:{token}", request.user.pk)
     if jpeg is None:
         return api_error(404, "not_found", "This heat map does not exist or has expired.")
