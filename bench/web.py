@@ -5,8 +5,9 @@ torch), the Procfile's web command (gunicorn, 2 workers) on PostgreSQL, on 127.0
 
 Measures: cold start (process start to the first prediction answered), requests/s and
 p50/p95/p99 latency of POST /api/v1/predictions with the full-size sample JPEGs at N concurrent
-clients over a bounded run, errors, RSS of each worker at start and after 1,000 predictions, and
-the installed size (venv + app + model). Prints a Markdown report. Load stays on loopback and
+clients over a bounded run, errors, RSS of each worker at start and after 1,000 predictions,
+what 32 clients not signed in stalling 10.4 MiB bodies get and cost the workers, and the
+installed size (venv + app + model). Prints a Markdown report. Load stays on loopback and
 stops by itself.
 """
 
@@ -79,6 +80,51 @@ def gzip_mib(*paths: Path) -> float:
     """Size of a gzipped tar of ``paths``: how Heroku measures a slug against its 500 MB."""
     tar = subprocess.run(["tar", "-cz", *map(str, paths)], capture_output=True, check=True)
     return len(tar.stdout) / 2**20
+
+
+def stalled_anonymous_bodies(port: int, master: int, clients: int = 32) -> dict:
+    """``clients`` connections not signed in, each declaring a 10.4 MiB upload, sending its
+    first 64 KiB and then nothing (issue 34's slow-body attack): how many got 401, how fast,
+    and the workers' peak RSS meanwhile (sampled every 50 ms)."""
+    declared = int(10.4 * 2**20)
+    head = (
+        f"POST /api/v1/predictions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {declared}\r\n\r\n"
+    ).encode()
+    pids = workers(master)
+    before = {pid: rss_mib(pid) for pid in pids}
+    peak = dict(before)
+    answers: list[bytes] = []
+    connections = []
+    started = time.perf_counter()
+    try:
+        for _ in range(clients):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(head + b"-" * 65536)
+            connections.append(conn)
+        for conn in connections:
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+                for pid in pids:
+                    peak[pid] = max(peak[pid], rss_mib(pid))
+            answers.append(answer)
+        answered = time.perf_counter() - started
+        for _ in range(20):  # a second more: the workers' memory after the answers
+            for pid in pids:
+                peak[pid] = max(peak[pid], rss_mib(pid))
+            time.sleep(0.05)
+    finally:
+        for conn in connections:
+            conn.close()
+    refused = sum(a.startswith(b"HTTP/1.1 401") for a in answers)
+    return {
+        "clients": clients,
+        "refused": refused,
+        "seconds": answered,
+        "before": before,
+        "peak": peak,
+    }
 
 
 def main() -> int:
@@ -175,6 +221,7 @@ def main() -> int:
             post(url, *images[i % len(images)])
             done, i = done + 1, i + 1
         rss_end = {pid: rss_mib(pid) for pid in workers(server.pid)}
+        stalled = stalled_anonymous_bodies(port, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -182,14 +229,15 @@ def main() -> int:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
-    errors = sum(s != 200 for s in statuses)
+    refused = sum(s == 422 for s in statuses)  # the guard's answer to an image: not an error
+    errors = sum(s not in (200, 422) for s in statuses)
     p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
     print(
         f"gunicorn, 2 workers (Procfile), PostgreSQL; {args.clients} concurrent clients posting "
         f"{len(images)} full-size sample JPEGs in turn for {args.seconds:.0f} s on loopback.\n"
     )
     print("| measure | value |\n|---|---:|")
-    print(f"| requests | {len(statuses)} ({errors} errors) |")
+    print(f"| requests | {len(statuses)} ({errors} errors, {refused} refused by the guard) |")
     print(f"| throughput | {len(statuses) / elapsed:.1f} req/s |")
     print(f"| latency p50 / p95 / p99 | {p50:.0f} / {p95:.0f} / {p99:.0f} ms |")
     print(f"| mean latency | {statistics.mean(latencies):.0f} ms |")
@@ -201,12 +249,19 @@ def main() -> int:
             f"| worker {n + 1} RSS at start / after {done} predictions | "
             f"{rss_start[pid]:.0f} / {end:.0f} MiB ({growth:+.1f}%) |"
         )
+    before = " / ".join(f"{stalled['before'][p]:.0f}" for p in sorted(stalled["before"]))
+    peak = " / ".join(f"{stalled['peak'][p]:.0f}" for p in sorted(stalled["peak"]))
+    print(
+        f"| {stalled['clients']} anonymous clients stalling 10.4 MiB bodies | "
+        f"{stalled['refused']} answered 401 within {stalled['seconds']:.2f} s; workers' RSS "
+        f"{before} MiB before, {peak} MiB at peak |"
+    )
     print(
         f"| installed app (venv + app + model) | {du_mib(venv, app):.0f} MiB "
         f"({gzip_mib(venv, app):.0f} MiB as a gzipped tar, like a slug) |"
     )
     print(json.dumps({"errors": errors, "requests": len(statuses)}), file=sys.stderr)
-    return 1 if errors else 0
+    return 1 if errors or stalled["refused"] != stalled["clients"] else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ FEEDBACK_STORAGE   where consented feedback images go: s3://bucket/prefix (crede
                    endpoint from the usual AWS_* variables) or a local folder (the default,
                    django_app/feedback_images; not for Heroku, whose disk is wiped on restart)
 DJANGO_BEHIND_PROXY 1 on Heroku: take the client address from X-Forwarded-For (login throttle)
+DATABASE_POOL_SIZE PostgreSQL connections per worker process at most (default 4)
 """
 
 import json
@@ -140,11 +141,18 @@ TEMPLATES = [
     }
 ]
 
-DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=600, conn_health_checks=True
-    )
-}
+# Under ASGI every request runs in a thread of its own, so Django's persistent connections
+# (CONN_MAX_AGE) are never reused and pile up until PostgreSQL refuses more (the web benchmark
+# reached its 100 with 4 clients). PostgreSQL gets a pool per worker process instead, of at most
+# DATABASE_POOL_SIZE connections (Heroku's smallest plans allow 20 in all); SQLite (local use)
+# opens one per request.
+DATABASES = {"default": dj_database_url.config(default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": int(os.environ.get("DATABASE_POOL_SIZE", "4")),
+        "timeout": 30,  # a request waits this long for a free connection, then fails (500)
+    }
 
 # Nothing is cached across workers: held images have their own table (diagnosis.held), so
 # Django's default per-process memory cache is all it needs.

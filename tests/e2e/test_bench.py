@@ -181,7 +181,8 @@ def test_inference_and_web_benchmarks_run(tmp_path):
     web = run(
         [sys.executable, "bench/web.py", "--quick", "--bundle", str(bundle)], REPO, tool_env()
     )
-    assert "(0 errors)" in web.stdout and "| installed app (venv + app + model) |" in web.stdout
+    assert "(0 errors," in web.stdout and "| installed app (venv + app + model) |" in web.stdout
+    assert "| 32 anonymous clients stalling 10.4 MiB bodies | 32 answered 401 within" in web.stdout
     memory = run(
         [sys.executable, "-m", "bench.upload_memory", "--quick", "--bundle", str(bundle)],
         REPO,

@@ -135,6 +135,7 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
             "venv": heroku_venv,
             "build": build,
             "token": token,
+            "database": database,
             "boot_seconds": time.monotonic() - started,
         }
     finally:
@@ -609,3 +610,24 @@ def test_the_api_holds_to_its_openapi_document_under_fuzzing(heroku_app, samples
     answered = (heroku_app["build"] / "web.log").read_text()
     server_errors = [line for line in answered.splitlines() if re.search(r'HTTP/1.1" 5\d\d', line)]
     assert server_errors == [], server_errors[:10]  # the access log's word, not the fuzzer's
+
+
+def test_the_workers_hold_no_more_database_connections_than_their_pools(heroku_app):
+    """Under ASGI each request has a thread of its own: Django's persistent connections were
+    never reused and piled up to PostgreSQL's limit (500s under load). 80 requests from 8
+    clients leave at most WEB_CONCURRENCY x DATABASE_POOL_SIZE connections to the app's
+    database."""
+    import concurrent.futures
+
+    import psycopg
+
+    headers = {"Authorization": f"Bearer {heroku_app['token']}", **HTTPS}
+    url = f"{heroku_app['url']}/api/v1/predictions"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda _: get(url, headers, timeout=30)[0], range(80)))
+    assert statuses == [200] * 80
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        (held,) = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [heroku_app["database"]]
+        ).fetchone()
+    assert 1 <= held <= 2 * 4, f"{held} connections open to the app's database"
