@@ -10,6 +10,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from diagnosis import metrics
 from diagnosis.held import held, hold, release
 from diagnosis.models import LABEL_CHOICES, Feedback, Prediction, Refusal
 from diagnosis.storage import StorageUnavailable, content_name, image_store
@@ -105,4 +106,7 @@ def give_feedback(user, prediction_id, true_label, consent: bool) -> Feedback:
             "The image could not be stored right now; nothing was recorded. Try again shortly.",
         ) from None
     release(_held_key(prediction.pk))
+    metrics.FEEDBACK.labels(
+        "agreed" if feedback.agrees else "corrected", "yes" if feedback.consent else "no"
+    ).inc()
     return feedback

@@ -1,9 +1,31 @@
-"""Request and response guards: the Content-Security-Policy header (Django 5.2 has no built-in
+"""Request and response guards and counters: the metrics of every answer, the
+Content-Security-Policy header (Django 5.2 has no built-in
 CSP) and the refusal of NUL bytes, which PostgreSQL cannot store or compare (a 500 otherwise)."""
 
 import logging
+import time
 
 from django.conf import settings
+
+METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+class MetricsMiddleware:
+    """Counts and times every answer by URL pattern, method and status (diagnosis.metrics)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from diagnosis import metrics
+
+        started = time.perf_counter()
+        response = self.get_response(request)
+        route = metrics.route_of(request)
+        metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+        method = request.method if request.method in METHODS else "other"
+        metrics.REQUESTS.labels(route, method, str(response.status_code)).inc()
+        return response
 
 
 class ContentSecurityPolicyMiddleware:

@@ -127,8 +127,10 @@ def _page(status: int, message: str) -> bytes:
 
 async def _reply(scope, send, status: int, message: str) -> None:
     """JSON under /api/, the app's error page elsewhere (a browser's form upload)."""
+    from diagnosis import metrics
     from django.conf import settings
 
+    metrics.count_refusal({413: "too_large", 408: "too_slow", 401: "not_signed_in"}[status])
     message = message.format(mb=settings.MAX_UPLOAD_BYTES // 2**20)
     if scope.get("path", "").startswith("/api/"):
         body = json.dumps({"error": {"code": str(status), "message": message}}).encode()

@@ -74,6 +74,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "diagnosis.middleware.MetricsMiddleware",  # first: it times and counts every answer
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "diagnosis.middleware.ContentSecurityPolicyMiddleware",

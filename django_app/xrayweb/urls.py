@@ -8,6 +8,7 @@ urlpatterns = [
     path("", pages.upload, name="upload"),
     path("model", pages.model_card, name="model_card"),
     path("health", api.health, name="health"),
+    path("metrics", api.metrics_endpoint, name="metrics"),
     path("history", pages.history, name="history"),
     path("predictions/<int:pk>", pages.prediction_detail, name="prediction"),
     path("predictions/<int:pk>/feedback", pages.feedback, name="feedback"),

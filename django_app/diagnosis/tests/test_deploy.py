@@ -87,6 +87,7 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
         "ALLOWED_HOSTS": "localhost,127.0.0.1",
         "DJANGO_SSL_REDIRECT": "0",  # the browser below talks plain HTTP to localhost
         "DATABASE_URL": database_url(database, scheme="postgres"),
+        "PROMETHEUS_MULTIPROC_DIR": str(build.parent / "metrics"),  # gunicorn.conf.py makes it
     }
     commands = procfile(build)
     # What the buildpack and the release phase run before the dyno starts.
@@ -116,8 +117,13 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
                 time.sleep(0.2)
         # Accounts, made the way the README tells staff to: a clinician for the browser, and a
         # smoke-test account whose API token the deploy job uses.
-        token = None
-        for name, extra in (("dr_browser", []), ("smoke-test", ["--api-token", "deploy"])):
+        # And a staff account whose token a Prometheus scrape would send.
+        tokens = {}
+        for name, extra in (
+            ("dr_browser", []),
+            ("smoke-test", ["--api-token", "deploy"]),
+            ("monitor", ["--staff", "--api-token", "prometheus"]),
+        ):
             made = subprocess.run(
                 ["python", "manage.py", "add_clinician", name, "--password-stdin", *extra],
                 cwd=build,
@@ -128,13 +134,16 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
                 check=True,
             )
             if extra:
-                token = made.stdout.split("store it now): ")[1].strip()
+                tokens[name] = made.stdout.split("store it now): ")[1].strip()
+        token = tokens["smoke-test"]
         yield {
             "url": url,
             "port": port,
             "venv": heroku_venv,
             "build": build,
             "token": token,
+            "staff_token": tokens["monitor"],
+            "metrics_dir": Path(env["PROMETHEUS_MULTIPROC_DIR"]),
             "database": database,
             "boot_seconds": time.monotonic() - started,
         }
@@ -631,3 +640,42 @@ def test_the_workers_hold_no_more_database_connections_than_their_pools(heroku_a
             "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [heroku_app["database"]]
         ).fetchone()
     assert 1 <= held <= 2 * 4, f"{held} connections open to the app's database"
+
+
+def test_metrics_add_up_what_every_worker_answered(heroku_app, samples):
+    """Under gunicorn's two workers, each scrape (whichever worker answers it) counts all the
+    predictions, whichever workers made them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def predictions() -> float:
+        headers = {"Authorization": f"Bearer {heroku_app['staff_token']}", **HTTPS}
+        status, _, body = get(f"{heroku_app['url']}/metrics", headers)
+        assert status == 200
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(body.decode())
+            if family.name == "xray_predictions"
+            for sample in family.samples
+            if sample.name == "xray_predictions_total"
+        )
+
+    before = predictions()
+    auth = {"Authorization": f"Bearer {heroku_app['token']}", **HTTPS}
+    url = f"{heroku_app['url']}/api/v1/predictions"
+
+    def predict(n: int) -> int:
+        body, content_type = multipart_image(Path(samples[n % len(samples)]).read_bytes())
+        return get(url, {**auth, "Content-Type": content_type}, body, timeout=60)[0]
+
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # spread over the workers
+        assert list(pool.map(predict, range(12))) == [200] * 12
+    assert [predictions() - before for _ in range(6)] == [12.0] * 6
+    # the workers write their metrics where gunicorn.conf.py pointed them, one file each
+    assert list(heroku_app["metrics_dir"].glob("counter_*.db")), "no multi-process metrics"
+    try:
+        get(f"{heroku_app['url']}/metrics", HTTPS)
+        raise AssertionError("/metrics answered without a token")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401

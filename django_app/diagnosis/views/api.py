@@ -12,7 +12,8 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
-from diagnosis.accounts import api_error, api_login_required
+from diagnosis import metrics
+from diagnosis.accounts import api_error, api_login_required, token_user
 from diagnosis.feedback import (
     FeedbackRefused,
     find_prediction,
@@ -45,6 +46,28 @@ def method_not_allowed(allowed: str, message: str) -> JsonResponse:
 def openapi(request: HttpRequest) -> JsonResponse:
     """The API's OpenAPI 3.1 description (public: it holds no data)."""
     return JsonResponse(spec(request.build_absolute_uri("/").rstrip("/") or "/"))
+
+
+@csrf_exempt  # as above
+@require_GET
+def metrics_endpoint(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics (diagnosis.metrics), for staff only: a staff API token (what a
+    Prometheus scrape sends as its bearer token) or a staff session."""
+    user = token_user(request) or request.user
+    if not user.is_authenticated:
+        response = HttpResponse(
+            "Send a staff API token: 'Authorization: Bearer <token>'.\n",
+            status=401,
+            content_type="text/plain",
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    if not (user.is_active and user.is_staff):
+        return HttpResponse("Metrics are for staff.\n", status=403, content_type="text/plain")
+    body, content_type = metrics.exposition()
+    response = HttpResponse(body, content_type=content_type)
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @csrf_exempt  # as above

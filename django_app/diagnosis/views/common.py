@@ -13,6 +13,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.dateparse import parse_date
 
+from diagnosis import metrics
 from diagnosis.feedback import (
     hold_image,
     visible_predictions,
@@ -37,7 +38,18 @@ class UploadError(Exception):
 
 def predict_upload(request: HttpRequest, source: str) -> tuple[Result, Prediction]:
     """Validate the multipart upload in ``request``, run the model on it and record the
-    prediction (not the image) for ``request.user``."""
+    prediction (not the image) for ``request.user``; counted in diagnosis.metrics."""
+    try:
+        result, prediction = _predict_upload(request, source)
+    except UploadError as exc:
+        metrics.count_refusal(exc.code, exc.refusal.reason if exc.refusal else None)
+        raise
+    metrics.PREDICTIONS.labels(prediction.label, prediction.model_version, source).inc()
+    metrics.PROBABILITY.labels(prediction.model_version).observe(prediction.probability)
+    return result, prediction
+
+
+def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Prediction]:
     limit = settings.MAX_UPLOAD_BYTES
     if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
         # WSGI gives Django no body without a length: say that, not "no file received".

@@ -1,0 +1,109 @@
+"""Service metrics in the Prometheus format (prometheus-client), served at ``/metrics`` to staff.
+
+Under gunicorn every worker is a process of its own: ``gunicorn.conf.py`` gives them one
+``PROMETHEUS_MULTIPROC_DIR`` (fresh at each start) and the scrape adds up what every worker
+recorded, so a counter does not depend on which worker answers. Without that variable (tests,
+``runserver``) the metrics live in this process. Labels are bounded: routes are URL patterns,
+never paths; nothing about a patient or a file name is recorded.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+
+REQUESTS = Counter(
+    "xray_http_requests",
+    "HTTP requests answered, by URL pattern, method and status.",
+    ["route", "method", "status"],
+)
+LATENCY = Histogram(
+    "xray_http_request_duration_seconds",
+    "Time to answer a request, by URL pattern.",
+    ["route"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PREDICTIONS = Counter(
+    "xray_predictions",
+    "Predictions made, by answer, model version and source (web or api).",
+    ["label", "model_version", "source"],
+)
+PROBABILITY = Histogram(
+    "xray_prediction_probability",
+    "Calibrated probability of PNEUMONIA of each prediction, by model version.",
+    ["model_version"],
+    buckets=tuple(round(0.05 * k, 2) for k in range(1, 21)),
+)
+REFUSALS = Counter(
+    "xray_refusals",
+    "Uploads given no answer: kind guard (not a chest X-ray the model can answer for), format "
+    "(not a readable image, no file), size (too large), time (too slow) or auth (a large body "
+    "from someone not signed in); reason is the code.",
+    ["kind", "reason"],
+)
+FEEDBACK = Counter(
+    "xray_feedback",
+    "Clinicians' verdicts on predictions: agreed or corrected, with or without consent.",
+    ["verdict", "consent"],
+)
+
+REFUSAL_KINDS = {
+    "too_large": "size",
+    "length_required": "size",
+    "too_slow": "time",
+    "not_signed_in": "auth",
+}
+
+
+def route_of(request) -> str:
+    """The URL pattern that served ``request`` (bounded), or ``unmatched``."""
+    match = getattr(request, "resolver_match", None)
+    return match.route if match is not None and match.route else "unmatched"
+
+
+def count_refusal(code: str, guard_reason: str | None = None) -> None:
+    if guard_reason is not None:
+        REFUSALS.labels("guard", guard_reason).inc()
+    else:
+        REFUSALS.labels(REFUSAL_KINDS.get(code, "format"), code).inc()
+
+
+class HeldUploads:
+    """A collector read at scrape time: images held for consent or as heat maps right now (the
+    table is the truth; no worker's memory is)."""
+
+    def collect(self):
+        from django.utils import timezone
+
+        from diagnosis.models import HeldItem
+
+        gauge = GaugeMetricFamily(
+            "xray_held_items", "Display copies and heat maps held now, awaiting their expiry."
+        )
+        gauge.add_metric([], HeldItem.objects.filter(expires__gt=timezone.now()).count())
+        yield gauge
+
+
+_HELD = CollectorRegistry()
+_HELD.register(HeldUploads())
+
+
+def exposition() -> tuple[bytes, str]:
+    """The scrape's body and content type: every worker's metrics under gunicorn (else this
+    process's), then the held uploads from the database."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry) + generate_latest(_HELD), CONTENT_TYPE_LATEST
