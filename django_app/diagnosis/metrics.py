@@ -35,12 +35,14 @@ LATENCY = Histogram(
 )
 PREDICTIONS = Counter(
     "xray_predictions",
-    "Predictions made, by answer, model version and source (web or api).",
-    ["label", "model_version", "source"],
+    "Predictions made, by answer, model version, source (web or api) and traffic (real, or "
+    "synthetic: the deploy's smoke test and other accounts in the 'synthetic traffic' group).",
+    ["label", "model_version", "source", "traffic"],
 )
 PROBABILITY = Histogram(
     "xray_prediction_probability",
-    "Calibrated probability of PNEUMONIA of each prediction, by model version.",
+    "Calibrated probability of PNEUMONIA of each real (not synthetic) prediction, by model "
+    "version.",
     ["model_version"],
     buckets=tuple(round(0.05 * k, 2) for k in range(1, 21)),
 )

@@ -13,6 +13,15 @@ from django.utils import timezone
 LABEL_CHOICES = [("NORMAL", "NORMAL"), ("PNEUMONIA", "PNEUMONIA")]
 
 
+# Accounts whose traffic is not clinicians' (the deploy's smoke test): `add_clinician
+# --synthetic`, or this group in the admin. Their uploads are recorded, but no chart counts them.
+SYNTHETIC_GROUP = "synthetic traffic"
+
+
+def is_synthetic(user) -> bool:
+    return user.groups.filter(name=SYNTHETIC_GROUP).exists()
+
+
 class Upload(models.Model):
     """What is kept of every upload: who sent it, when, through which door, to which model,
     and the file by its hash and size only (never the image)."""
@@ -34,6 +43,11 @@ class Upload(models.Model):
     )
     image_width = models.PositiveIntegerField()
     image_height = models.PositiveIntegerField()
+    synthetic = models.BooleanField(
+        default=False,
+        help_text=f"sent by an account in the {SYNTHETIC_GROUP!r} group (the deploy's smoke "
+        "test): kept out of the monitoring page and labelled apart in the metrics",
+    )
 
     class Meta:
         abstract = True

@@ -1,5 +1,6 @@
 """What staff watch for drift: volume, share predicted PNEUMONIA, the probability
-distribution, and how often clinicians agree with the model, per model version."""
+distribution, and how often clinicians agree with the model, per model version; of real
+traffic only (synthetic predictions, the deploy's smoke test, are counted apart)."""
 
 from __future__ import annotations
 
@@ -34,12 +35,14 @@ class Summary:
     histogram: list[int]  # predictions per probability bin [0, 0.1), ..., [0.9, 1.0]
     agreement: list[VersionAgreement]
     total: int
+    synthetic: int  # the smoke test's and other synthetic accounts' predictions, not counted
 
 
 def summarize(days: int = 30, today: date | None = None) -> Summary:
     today = today or timezone.localdate()
     start = today - timedelta(days=days - 1)
-    recent = Prediction.objects.filter(created_at__date__gte=start, created_at__date__lte=today)
+    window = Prediction.objects.filter(created_at__date__gte=start, created_at__date__lte=today)
+    recent = window.filter(synthetic=False)
     by_day = {
         row["day"]: row
         for row in recent.annotate(day=TruncDate("created_at"))
@@ -54,8 +57,10 @@ def summarize(days: int = 30, today: date | None = None) -> Summary:
         histogram[min(int(p * BINS), BINS - 1)] += 1
     agreement = [
         VersionAgreement(row["prediction__model_version"], row["n"], row["agreed"])
-        for row in Feedback.objects.values("prediction__model_version")
+        for row in Feedback.objects.filter(prediction__synthetic=False)
+        .values("prediction__model_version")
         .annotate(n=Count("id"), agreed=Count("id", filter=Q(true_label=F("prediction__label"))))
         .order_by("prediction__model_version")
     ]
-    return Summary(calendar, per_day, share, histogram, agreement, sum(per_day))
+    synthetic = window.filter(synthetic=True).count()
+    return Summary(calendar, per_day, share, histogram, agreement, sum(per_day), synthetic)

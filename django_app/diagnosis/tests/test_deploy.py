@@ -121,7 +121,7 @@ def heroku_app(heroku_venv, bundle_dir, tmp_path_factory):
         tokens = {}
         for name, extra in (
             ("dr_browser", []),
-            ("smoke-test", ["--api-token", "deploy"]),
+            ("smoke-test", ["--synthetic", "--api-token", "deploy"]),
             ("monitor", ["--staff", "--api-token", "prometheus"]),
         ):
             made = subprocess.run(

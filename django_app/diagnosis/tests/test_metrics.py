@@ -5,6 +5,8 @@ before and after. Under gunicorn's workers: test_deploy.py."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
@@ -76,10 +78,8 @@ def test_they_count_predictions_refusals_feedback_and_requests(clinician, staff,
         return value(after, name, **labels) - value(before, name, **labels)
 
     version = made["model"]["version"]
-    assert (
-        grew("xray_predictions_total", label=made["label"], model_version=version, source="api")
-        == 1
-    )
+    labels = {"label": made["label"], "model_version": version, "source": "api"}
+    assert grew("xray_predictions_total", traffic="real", **labels) == 1
     assert grew("xray_prediction_probability_count", model_version=version) == 1
     assert grew("xray_refusals_total", kind="guard", reason="uniform") == 1
     assert grew("xray_refusals_total", kind="format", reason="unreadable_image") == 1
@@ -105,3 +105,38 @@ def test_unknown_paths_count_as_one_route(staff):
         == 3
     )
     assert not any("no/such" in str(key) for key in after), "paths never become labels"
+
+
+def test_a_synthetic_accounts_predictions_are_labelled_apart(staff, samples, monkeypatch):
+    """The deploy's smoke-test account (add_clinician --synthetic): its predictions are
+    recorded and counted as synthetic, and stay out of the probability histogram."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from diagnosis.models import Prediction
+
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Smoke-Signal-2026\n"))
+    command = ["smoke-test", "--synthetic", "--password-stdin", "--api-token", "deploy"]
+    call_command("add_clinician", *command, stdout=out)
+    assert "created synthetic user smoke-test" in out.getvalue()
+    raw = out.getvalue().split("store it now): ")[1].strip()
+    smoke = Client(headers={"Authorization": f"Bearer {raw}"})
+    monitor = api(staff)
+    before = scrape(monitor)
+    with open(samples[0], "rb") as f:
+        made = smoke.post("/api/v1/predictions", {"image": f}).json()
+    after = scrape(monitor)
+    version = made["model"]["version"]
+    labels = {"label": made["label"], "model_version": version, "source": "api"}
+    assert (
+        value(after, "xray_predictions_total", traffic="synthetic", **labels)
+        - value(before, "xray_predictions_total", traffic="synthetic", **labels)
+        == 1
+    )
+    assert value(after, "xray_prediction_probability_count", model_version=version) == value(
+        before, "xray_prediction_probability_count", model_version=version
+    )
+    assert Prediction.objects.get(pk=made["id"]).synthetic
+    user = get_user_model().objects.get(username="smoke-test")
+    assert not user.is_staff and user.groups.filter(name="synthetic traffic").exists()

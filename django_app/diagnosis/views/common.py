@@ -19,7 +19,7 @@ from diagnosis.feedback import (
     visible_predictions,
 )
 from diagnosis.inference import Result, get_model, read_upload
-from diagnosis.models import LABEL_CHOICES, Prediction, Refusal
+from diagnosis.models import LABEL_CHOICES, Prediction, Refusal, is_synthetic
 from pneumonia.serving import BundleError, InvalidImage, NotAChestXray
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ def predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predictio
     except UploadError as exc:
         metrics.count_refusal(exc.code, exc.refusal.reason if exc.refusal else None)
         raise
-    metrics.PREDICTIONS.labels(prediction.label, prediction.model_version, source).inc()
-    metrics.PROBABILITY.labels(prediction.model_version).observe(prediction.probability)
+    traffic = "synthetic" if prediction.synthetic else "real"
+    metrics.PREDICTIONS.labels(prediction.label, prediction.model_version, source, traffic).inc()
+    if not prediction.synthetic:  # the distribution drift is read from: clinicians' only
+        metrics.PROBABILITY.labels(prediction.model_version).observe(prediction.probability)
     return result, prediction
 
 
@@ -86,6 +88,7 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
     width, height = gray.info["source_size"]
     upload_fields = {
         "user": request.user,
+        "synthetic": is_synthetic(request.user),
         "source": source,
         "model_version": model.version,
         "image_sha256": hashlib.sha256(data).hexdigest(),
