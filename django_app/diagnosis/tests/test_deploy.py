@@ -611,7 +611,8 @@ def test_the_api_holds_to_its_openapi_document_under_fuzzing(heroku_app, samples
         "--report-dir",
         str(tmp_path),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    # in tmp_path: schemathesis keeps its crash cache in the working directory
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     (tmp_path / "schemathesis.out").write_text(result.stdout)
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     ran = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
