@@ -24,23 +24,18 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
-            model_name="prediction",
-            name="synthetic",
-            field=models.BooleanField(
-                default=False,
-                help_text="sent by an account in the 'synthetic traffic' group (the deploy's "
-                "smoke test): kept out of the monitoring page and labelled apart in the metrics",
-            ),
-        ),
-        migrations.AddField(
-            model_name="refusal",
-            name="synthetic",
-            field=models.BooleanField(
-                default=False,
-                help_text="sent by an account in the 'synthetic traffic' group (the deploy's "
-                "smoke test): kept out of the monitoring page and labelled apart in the metrics",
-            ),
+        *(
+            migrations.AddField(
+                model_name=model,
+                name="synthetic",
+                field=models.BooleanField(
+                    default=False,
+                    help_text="sent by an account in the 'synthetic traffic' group (the "
+                    "deploy's smoke test): kept out of the monitoring page and labelled apart "
+                    "in the metrics",
+                ),
+            )
+            for model in ("prediction", "refusal")
         ),
         migrations.RunPython(mark_the_smoke_test_account, migrations.RunPython.noop),
     ]
