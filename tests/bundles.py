@@ -12,6 +12,7 @@ from pneumonia.data import load_image
 from pneumonia.export import export
 from pneumonia.model import build_model, to_input
 from pneumonia.params import load as load_params
+from pneumonia.prepared import PreparedSplit
 from pneumonia.serving import resize
 from tests.conftest import DATASET, REPO, require_data
 
@@ -51,13 +52,43 @@ def calibrated_model(size: int, input_norm: str = "fixed") -> torch.nn.Module:
     return model.eval()
 
 
+def reference_split(n: int, size: int) -> PreparedSplit:
+    """The first ``n`` NORMAL and ``n`` PNEUMONIA test images as a prepared split."""
+    files = [
+        str(p.relative_to(DATASET))
+        for label in ("NORMAL", "PNEUMONIA")
+        for p in sorted((DATASET / "test" / label).iterdir())[:n]
+    ]
+    labels = np.array([0] * n + [1] * n)
+    return PreparedSplit(real_images("test", n, size), labels, files, files)
+
+
 def make_bundle(
-    model: torch.nn.Module, size: int, out: Path, metrics: dict, guard: bool = False
+    model: torch.nn.Module,
+    size: int,
+    out: Path,
+    metrics: dict,
+    guard: bool = False,
+    reference: int = 0,
 ) -> Path:
     """Export ``model`` as a float bundle; ``guard``: with the "is this a chest X-ray?" guard
-    fitted on 80 real training images, its threshold on the 16 official validation images."""
+    fitted on 80 real training images, its threshold on the 16 official validation images;
+    ``reference``: with a drift reference measured on that many NORMAL and PNEUMONIA test
+    images (``reference_split``)."""
     metrics = {**UNCALIBRATED, **metrics}
     fit = (real_images("train", 40, size), real_images("val", 8, size)) if guard else None
     check = real_images("test", 4, size)
-    export(model, size, check, metrics, metrics, EXPORT_PARAMS, "none", out, guard_images=fit)
+    split = reference_split(reference, size) if reference else None
+    export(
+        model,
+        size,
+        check,
+        metrics,
+        metrics,
+        EXPORT_PARAMS,
+        "none",
+        out,
+        test_split=split,
+        guard_images=fit,
+    )
     return out

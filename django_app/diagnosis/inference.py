@@ -31,6 +31,9 @@ class Result:
     threshold: float
     original_png: bytes  # the upload as the clinician sees it (downscaled for display), lossless
     heatmap_jpeg: bytes  # class activation map blended over it, for viewing only
+    guard_distance: float | None  # what drift monitoring compares (serving.Prediction)
+    brightness: float
+    contrast: float
 
 
 class ServedModel(serving.Bundle):
@@ -48,6 +51,9 @@ class ServedModel(serving.Bundle):
             threshold=prediction.threshold,
             original_png=to_png(display),
             heatmap_jpeg=to_jpeg(overlay(display, prediction.heat_map(display.size))),
+            guard_distance=prediction.guard_distance,
+            brightness=prediction.brightness,
+            contrast=prediction.contrast,
         )
 
 

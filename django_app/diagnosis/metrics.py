@@ -96,16 +96,78 @@ class HeldUploads:
         yield gauge
 
 
-_HELD = CollectorRegistry()
-_HELD.register(HeldUploads())
+class DriftSignals:
+    """A collector read at scrape time: ``diagnosis.drift``'s signals of the served model (the
+    database is the truth, whichever worker answers). ``xray_drift_state`` is what the alerting
+    rules watch: 0 ok, 1 warn, 2 alert; a signal with too little data has no sample."""
+
+    def collect(self):
+        from diagnosis import drift
+
+        report = drift.served_report()
+        if report is None:
+            return
+        version = [report.model_version]
+        state = GaugeMetricFamily(
+            "xray_drift_state",
+            "Drift signal state of the served model: 0 ok, 1 warn, 2 alert (diagnosis.drift).",
+            labels=["signal", "model_version"],
+        )
+        value = GaugeMetricFamily(
+            "xray_drift_value",
+            "Drift signal value: KS statistic for distributions, the share or rate, the "
+            "estimated accuracy.",
+            labels=["signal", "model_version"],
+        )
+        p_value = GaugeMetricFamily(
+            "xray_drift_p_value",
+            "p-value of the signal's test against the bundle's reference.",
+            labels=["signal", "model_version"],
+        )
+        for signal in report.signals:
+            if signal.level is not None:
+                state.add_metric([signal.name, *version], signal.level)
+            if signal.value is not None:
+                value.add_metric([signal.name, *version], signal.value)
+            if signal.p_value is not None:
+                p_value.add_metric([signal.name, *version], signal.p_value)
+        window = GaugeMetricFamily(
+            "xray_drift_window",
+            "What the signals are computed on: recent real predictions, refusals and "
+            "clinicians' verdicts of the served model.",
+            labels=["kind", "model_version"],
+        )
+        for kind, n in (
+            ("predictions", report.predictions),
+            ("refusals", report.refusals),
+            ("feedback", report.feedback),
+        ):
+            window.add_metric([kind, *version], n)
+        has_reference = GaugeMetricFamily(
+            "xray_drift_reference_images",
+            "Test images in the served bundle's drift reference (0: it records none).",
+            labels=["model_version"],
+        )
+        has_reference.add_metric(version, report.reference_images or 0)
+        ready = GaugeMetricFamily(
+            "xray_feedback_ready",
+            "Consented, labelled cases not yet exported for retraining (export_feedback).",
+        )
+        ready.add_metric([], report.feedback_ready)
+        yield from (state, value, p_value, window, has_reference, ready)
+
+
+_AT_SCRAPE = CollectorRegistry()
+_AT_SCRAPE.register(HeldUploads())
+_AT_SCRAPE.register(DriftSignals())
 
 
 def exposition() -> tuple[bytes, str]:
     """The scrape's body and content type: every worker's metrics under gunicorn (else this
-    process's), then the held uploads from the database."""
+    process's), then what is read from the database: held uploads and the drift signals."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
     else:
         registry = REGISTRY
-    return generate_latest(registry) + generate_latest(_HELD), CONTENT_TYPE_LATEST
+    return generate_latest(registry) + generate_latest(_AT_SCRAPE), CONTENT_TYPE_LATEST

@@ -60,6 +60,13 @@ class Prediction(Upload):
     label = models.CharField(max_length=16, choices=LABEL_CHOICES)
     probability = models.FloatField(help_text="of PNEUMONIA, as the model reported it")
     threshold = models.FloatField()
+    # What drift monitoring compares with the bundle's reference (diagnosis.drift); empty for
+    # predictions made before it was recorded, and the distance for bundles without a guard.
+    guard_distance = models.FloatField(
+        null=True, blank=True, help_text="the guard's feature distance (about 1: like training)"
+    )
+    brightness = models.FloatField(null=True, blank=True, help_text="mean of the model's input")
+    contrast = models.FloatField(null=True, blank=True, help_text="its standard deviation")
 
     class Meta:
         ordering = ["-created_at", "-id"]

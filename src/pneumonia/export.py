@@ -34,7 +34,7 @@ from pneumonia.params import ExportParams, GuardParams, ParamsError
 from pneumonia.params import load as load_params
 from pneumonia.prepared import PreparedSplit, load_split
 from pneumonia.quantize import QuantizeError, calibration_sample, quantized
-from pneumonia.serving import Bundle, Guard, sha256_file
+from pneumonia.serving import Bundle, Guard, image_statistics, sha256_file
 
 BUNDLE_FORMAT = 1
 SERVED_LOGGED = ("accuracy", "sensitivity", "specificity", "roc_auc")
@@ -42,6 +42,10 @@ SERVED_LOGGED = ("accuracy", "sensitivity", "specificity", "roc_auc")
 
 class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree: the exported graph is not the trained model."""
+
+
+class NoReferenceError(RuntimeError):
+    """The guard refuses every test image: drift monitoring would have nothing to compare."""
 
 
 class WithFeatures(nn.Module):
@@ -199,6 +203,52 @@ def guard_refusals(guard: Guard, images: np.ndarray, features: np.ndarray) -> fl
     return float((guard.uniform(images) | (guard.distance(features) > guard.threshold)).mean())
 
 
+def drift_reference(bundle: Bundle, split: PreparedSplit, batch: int = 64) -> dict[str, Any]:
+    """model.json's ``reference``: what production traffic is compared with (the app's
+    ``diagnosis.drift``), measured on ``split`` (the test split) exactly as uploads are
+    decided: of the images the guard accepts, the calibrated probability, the guard distance,
+    brightness and contrast of each (4 decimals, in the split's order), the share decided
+    PNEUMONIA, the accuracy estimated from the probabilities alone (each decision is right with
+    probability p, or 1 - p: confidence-based performance estimation) beside the real one, and
+    the share refused. Nothing here is used to choose or fit anything."""
+    probability, distance = [], []
+    for i in range(0, len(split.images), batch):
+        logits, features = bundle.run(split.images[i : i + batch])
+        probability.append(bundle.calibrated(logits))
+        if bundle.guard is not None:
+            distance.append(bundle.guard.distance(features))
+    probability = np.concatenate(probability)
+    brightness, contrast = image_statistics(split.images)
+    accepted = np.ones(len(probability), bool)
+    if bundle.guard is not None:
+        distances = np.concatenate(distance)
+        accepted = ~bundle.guard.uniform(split.images) & (distances <= bundle.guard.threshold)
+    if not accepted.any():
+        raise NoReferenceError(
+            "the guard refuses every test image, so there is no reference for drift monitoring:"
+            " check export.guard in params.yaml (its quantile, min_contrast) and the test split"
+        )
+    p = probability[accepted]
+    decided = p >= bundle.threshold
+    positive = config.LABELS.index(config.POSITIVE_LABEL)
+
+    def values(a: np.ndarray) -> list[float]:
+        return [round(float(v), 4) for v in a[accepted]]
+
+    return {
+        "split": "test",
+        "images": int(accepted.sum()),
+        "refused": round(float(1 - accepted.mean()), 6),
+        "pneumonia_share": round(float(decided.mean()), 6),
+        "estimated_accuracy": round(float(np.where(decided, p, 1 - p).mean()), 6),
+        "accuracy": round(float((decided == (split.labels[accepted] == positive)).mean()), 6),
+        "probability": values(probability),
+        "guard_distance": values(distances) if bundle.guard is not None else None,
+        "brightness": values(brightness),
+        "contrast": values(contrast),
+    }
+
+
 def jpeg_files(images: np.ndarray, name: str) -> list[tuple[str, bytes]]:
     """Each uint8 grayscale image as a JPEG file (quality 95), named ``{name} {index}``."""
     files = []
@@ -263,7 +313,8 @@ def export(
     them the bundle has none and answers every image. The bundle appears only when the
     served model has passed every check. With a guard, ``guard.refused`` holds the share of
     validation and test images it refuses and of ``pneumonia.catalogue``'s inputs that are not
-    chest X-rays (``not_chest_xray``, of ``guard.catalogue_images``)."""
+    chest X-rays (``not_chest_xray``, of ``guard.catalogue_images``). With ``test_split``,
+    ``reference`` is what drift monitoring compares production with (``drift_reference``)."""
     if params.quantize == "int8" and (calibration is None or test_split is None):
         raise QuantizeError("export.quantize int8 needs calibration images and the test split")
     with atomic_directory(out_dir) as staging:
@@ -326,6 +377,9 @@ def export(
             refused["not_chest_xray"], manifest["guard"]["catalogue_images"] = (
                 catalogue.refused_share(guarded, others)
             )
+        if test_split is not None:
+            served_bundle = Bundle.from_parts(staging / "model.onnx", manifest)
+            manifest["reference"] = drift_reference(served_bundle, test_split)
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         Bundle(staging)  # what is served loads and matches its manifest
     return manifest, served_probability
@@ -448,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest, test, probability, data["fingerprints"]["test"], config.ROOT
         )
         registered = register(manifest, config.BUNDLE_DIR, record["test"])
-    except (ParityError, QuantizeError, tracking.TrackingUnavailableError) as exc:
+    except (ParityError, NoReferenceError, QuantizeError, tracking.TrackingUnavailableError) as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         return 1
     quantized = manifest.get("quantization")

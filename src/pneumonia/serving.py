@@ -494,10 +494,19 @@ class Guard:
         inside = (projected**2 / self.variances).sum(axis=1)
         return (inside + (residual**2).sum(axis=1) / self.residual_variance) / len(self.mean)
 
-    def feature_refusal(self, features: np.ndarray) -> NotAChestXray | None:
-        if float(self.distance(features)[0]) > self.threshold:
+    def feature_refusal(self, distance: float) -> NotAChestXray | None:
+        """The refusal of an image whose features lie ``distance`` from the training images'."""
+        if distance > self.threshold:
             return NotAChestXray("unlike_training", "it is unlike the radiographs the model knows")
         return None
+
+
+def image_statistics(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Brightness and contrast (pixel mean and standard deviation, in [0, 1]) of each image of
+    a uint8 batch N x S x S as the model reads it: what drift monitoring compares, with no
+    model involved."""
+    flat = gray.reshape(len(gray), -1).astype(np.float64) / 255.0
+    return flat.mean(axis=1), flat.std(axis=1)
 
 
 @dataclass
@@ -507,6 +516,10 @@ class Prediction:
     threshold: float
     features: np.ndarray  # K x h x w, the last convolutional feature map
     class_weight: np.ndarray  # K, the head's weights of the positive class
+    # What drift monitoring compares with the bundle's reference (model.json, ``reference``):
+    guard_distance: float | None  # ``Guard.distance`` of the features (None: no guard)
+    brightness: float  # ``image_statistics`` of the model's input
+    contrast: float
 
     def heat_map(self, size: tuple[int, int]) -> np.ndarray:
         """Class activation map for the positive class at ``size`` (width, height), in [0, 1]."""
@@ -599,9 +612,11 @@ class Bundle:
         if refusal:
             raise refusal
         logits, features = self.run(gray[None])
-        refusal = self.guard and self.guard.feature_refusal(features)
+        distance = float(self.guard.distance(features)[0]) if self.guard else None
+        refusal = self.guard and self.guard.feature_refusal(distance)
         if refusal:
             raise refusal
+        brightness, contrast = image_statistics(gray[None])
         probability = float(calibrated_probability(logits, self.scale, self.bias, self.positive)[0])
         positive = probability >= self.threshold
         return Prediction(
@@ -610,6 +625,9 @@ class Bundle:
             threshold=self.threshold,
             features=features[0],
             class_weight=self.class_weight,
+            guard_distance=distance,
+            brightness=float(brightness[0]),
+            contrast=float(contrast[0]),
         )
 
     def predict_bytes(self, data: bytes) -> Prediction:

@@ -132,6 +132,17 @@ def test_the_served_record_is_the_bundle_on_every_test_image(repro):
     accuracy = np.mean((served >= bundle.threshold) == labels)
     assert record["test"]["accuracy"] == pytest.approx(accuracy)
     assert record["test"]["accuracy"] == pytest.approx(manifest["quantization"]["test_accuracy"])
+    # What drift monitoring compares production with: those answers, of the images the
+    # guard accepts, as the served (INT8) bundle gives them.
+    reference = manifest["reference"]
+    distance = bundle.guard.distance(bundle.run(images)[1])
+    accepted = ~bundle.guard.uniform(images) & (distance <= bundle.guard.threshold)
+    assert reference["images"] == accepted.sum() == len(reference["probability"])
+    assert np.allclose(reference["probability"], served[accepted], atol=1e-4)
+    assert np.allclose(reference["guard_distance"], distance[accepted], atol=1e-4)
+    assert reference["pneumonia_share"] == pytest.approx(
+        np.mean(served[accepted] >= bundle.threshold), abs=1e-6
+    )
 
 
 def test_mlflow_has_the_run_and_a_registered_version(repro):

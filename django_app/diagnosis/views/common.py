@@ -107,6 +107,9 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
         label=result.label,
         probability=result.probability,
         threshold=result.threshold,
+        guard_distance=result.guard_distance,
+        brightness=result.brightness,
+        contrast=result.contrast,
         **upload_fields,
     )
     hold_image(prediction, result.original_png)  # metadata-free, for consent within the hour

@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from diagnosis import monitoring
+from diagnosis import drift, monitoring
 from diagnosis.charts import bar_chart, line_chart
 from diagnosis.feedback import (
     FeedbackRefused,
@@ -189,6 +189,7 @@ def monitoring_page(request: HttpRequest) -> HttpResponse:
         "diagnosis/monitoring.html",
         {
             "summary": summary,
+            "drift": drift.served_report(),
             "days": days,
             "volume_chart": bar_chart(
                 "Predictions per day", labels, summary.per_day, "day (UTC)", "predictions"
