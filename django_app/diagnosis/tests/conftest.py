@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from diagnosis import inference
+from pneumonia.package import app_venv
 from tests.bundles import calibrated_model, make_bundle
 from tests.conftest import SAMPLES, require_data
 
+APP = Path(__file__).resolve().parents[2]
 SIZE = 64
 METRICS = {
     "threshold": 0.5,
@@ -45,6 +48,12 @@ def served_model(settings, bundle_dir):
     inference.reset()
     yield
     inference.reset()
+
+
+@pytest.fixture(scope="session")
+def heroku_venv() -> Path:
+    """A venv with only django_app/requirements.txt, as Heroku's Python buildpack makes it."""
+    return app_venv(APP, APP.parent / ".cache")
 
 
 @pytest.fixture(scope="session")
