@@ -4,6 +4,8 @@ GitHub Enterprise) that the workflows use, with its documented request and respo
 - ``pneumonia.github``: list, create and close pull requests (``GET``/``POST /pulls``,
   ``PATCH /pulls/{n}``), comment (``POST /issues/{n}/comments``), labels
   (``POST /issues/{n}/labels``, ``DELETE /issues/{n}/labels/{name}``);
+- ``pneumonia.monitor``: issues (``GET``/``POST /issues``, ``PATCH /issues/{n}``, listed with
+  the pull requests as GitHub does) and their comments;
 - CML 0.20 ``comment update --target=pr``: ``GET /commits/{sha}/pulls``,
   ``GET /issues/{n}/comments``, ``POST /issues/{n}/comments``, ``PATCH /issues/comments/{id}``,
   ``GET /users/{login}``, and its image uploads (``POST /_asset``, CML_COMMENT_PUBLISH_URL).
@@ -103,6 +105,14 @@ class PullRequest:
 
 
 @dataclass
+class Issue:
+    number: int
+    title: str
+    body: str
+    state: str = "open"
+
+
+@dataclass
 class Comment:
     id: int
     issue: int
@@ -121,6 +131,7 @@ class FakeGitHub:
         self.owner, self.repo, self.token, self.git_dir = owner, repo, token, git_dir
         self.ca, cert, key = make_certificates(folder / "certs")
         self.pulls: list[PullRequest] = []
+        self.issues: list[Issue] = []
         self.comments: list[Comment] = []
         self.assets: list[bytes] = []
         self.log: list[str] = []
@@ -146,10 +157,14 @@ class FakeGitHub:
     def comments_on(self, number: int) -> list[Comment]:
         return [c for c in self.comments if c.issue == number]
 
+    def _next_number(self) -> int:
+        """Issues and pull requests share one sequence of numbers, as on GitHub."""
+        return 1 + max([p.number for p in self.pulls] + [i.number for i in self.issues], default=0)
+
     def add_pull(self, head: str, head_sha: str, title: str = "", base: str = "main") -> int:
         """A pull request as if someone had opened it on GitHub."""
         with self.lock:
-            number = len(self.pulls) + 1
+            number = self._next_number()
             self.pulls.append(PullRequest(number, title or head, "", head, base, head_sha))
             return number
 
@@ -168,6 +183,17 @@ class FakeGitHub:
             "head": {"ref": p.head, "sha": p.head_sha},
             "base": {"ref": p.base},
             "labels": [{"name": n} for n in p.labels],
+        }
+
+    def _issue_json(self, i: Issue) -> dict:
+        return {
+            "id": i.number,
+            "number": i.number,
+            "state": i.state,
+            "title": i.title,
+            "body": i.body,
+            "html_url": f"{self.url}/{self.owner}/{self.repo}/issues/{i.number}",
+            "labels": [],
         }
 
     def _comment_json(self, c: Comment) -> dict:
@@ -227,6 +253,29 @@ class FakeGitHub:
         if m := re.fullmatch(r"commits/([0-9a-f]{40})/pulls", sub):
             hits = [p for p in self.pulls if p.state == "open" and self._contains(p, m[1])]
             return 200, [self._pull_json(p) for p in hits]
+        if sub == "issues" and method == "GET":
+            state = query.get("state", ["open"])[0]
+            issues = [self._issue_json(i) for i in self.issues if state in ("all", i.state)]
+            pulls = [
+                {**self._pull_json(p), "pull_request": {"url": self._pull_json(p)["url"]}}
+                for p in self.pulls
+                if state in ("all", p.state)
+            ]
+            return 200, sorted(issues + pulls, key=lambda i: -i["number"])
+        if sub == "issues" and method == "POST":
+            with self.lock:
+                issue = Issue(self._next_number(), body["title"], body.get("body", ""))
+                self.issues.append(issue)
+            return 201, self._issue_json(issue)
+        if (m := re.fullmatch(r"issues/(\d+)", sub)) and any(
+            i.number == int(m[1]) for i in self.issues
+        ):
+            issue = next(i for i in self.issues if i.number == int(m[1]))
+            if method == "PATCH":
+                issue.title = body.get("title", issue.title)
+                issue.body = body.get("body", issue.body)
+                issue.state = body.get("state", issue.state)
+            return 200, self._issue_json(issue)
         if m := re.fullmatch(r"(?:pulls|issues)/(\d+)", sub):
             p = next((p for p in self.pulls if p.number == int(m[1])), None)
             if p is None:

@@ -176,14 +176,12 @@ def report(model_version: str, reference: dict[str, Any] | None) -> Report:
             "created_at", "label", "probability", "guard_distance", "brightness", "contrast"
         )[:WINDOW]
     )
-    since = recent[-1][0] if recent else None
-    refusals = (
-        Refusal.objects.filter(
-            model_version=model_version, synthetic=False, created_at__gte=since
-        ).count()
-        if since
-        else 0
-    )
+    # The refusals of the window's period; with fewer predictions than the window, all of
+    # them (a guard that refuses everything leaves no predictions to date a window by).
+    refused = Refusal.objects.filter(model_version=model_version, synthetic=False)
+    if len(recent) == WINDOW:
+        refused = refused.filter(created_at__gte=recent[-1][0])
+    refusals = refused.count()
     verdicts = list(
         Feedback.objects.filter(
             prediction__model_version=model_version, prediction__synthetic=False
@@ -251,3 +249,33 @@ def served_report() -> Report | None:
     except BundleError:
         return None
     return report(model.version, model.manifest.get("reference"))
+
+
+def report_json(report: Report, monitoring_url: str) -> dict[str, Any]:
+    """The report as ``GET /api/v1/drift`` answers it (what the scheduled check reads)."""
+    return {
+        "model_version": report.model_version,
+        "state": report.worst,
+        "reference_images": report.reference_images,
+        "window": {
+            "predictions": report.predictions,
+            "refusals": report.refusals,
+            "feedback": report.feedback,
+        },
+        "feedback_ready": report.feedback_ready,
+        "feedback_for_retrain": FEEDBACK_FOR_RETRAIN,
+        "retrain_ready": report.retrain_ready,
+        "monitoring_url": monitoring_url,
+        "signals": [
+            {
+                "name": s.name,
+                "state": s.state,
+                "value": s.value,
+                "reference": s.reference,
+                "p_value": s.p_value,
+                "count": s.count,
+                "detail": s.detail,
+            }
+            for s in report.signals
+        ],
+    }

@@ -239,6 +239,20 @@ def spec(server_url: str = "/") -> dict:
                     },
                 }
             },
+            "/api/v1/drift": {
+                "get": {
+                    "operationId": "getDrift",
+                    "summary": "Staff: the served model's drift signals against its test "
+                    "split (what the monitoring page shows)",
+                    "responses": {
+                        "200": _json("The signals and their states.", "Drift"),
+                        "401": UNAUTHORIZED,
+                        "403": _error("Not a staff token."),
+                        "405": _method_not_allowed("GET"),
+                        "503": _error("The model is not available right now."),
+                    },
+                }
+            },
             "/api/v1/heatmaps/{token}.jpg": {
                 "get": {
                     "operationId": "getHeatmap",
@@ -302,6 +316,53 @@ def spec(server_url: str = "/") -> dict:
                                 },
                             },
                         }
+                    },
+                },
+                "Drift": {
+                    "type": "object",
+                    "required": [
+                        "model_version",
+                        "state",
+                        "reference_images",
+                        "window",
+                        "feedback_ready",
+                        "feedback_for_retrain",
+                        "retrain_ready",
+                        "monitoring_url",
+                        "signals",
+                    ],
+                    "properties": {
+                        "model_version": {"type": "string"},
+                        "state": {"enum": ["ok", "warn", "alert", None]},
+                        "reference_images": {"type": ["integer", "null"]},
+                        "window": {
+                            "type": "object",
+                            "required": ["predictions", "refusals", "feedback"],
+                            "properties": {
+                                k: {"type": "integer", "minimum": 0}
+                                for k in ("predictions", "refusals", "feedback")
+                            },
+                        },
+                        "feedback_ready": {"type": "integer", "minimum": 0},
+                        "feedback_for_retrain": {"type": "integer", "minimum": 1},
+                        "retrain_ready": {"type": "boolean"},
+                        "monitoring_url": {"type": "string", "format": "uri"},
+                        "signals": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "state", "value", "count", "detail"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "state": {"enum": ["ok", "warn", "alert", None]},
+                                    "value": {"type": ["number", "null"]},
+                                    "reference": {"type": ["number", "null"]},
+                                    "p_value": {"type": ["number", "null"]},
+                                    "count": {"type": "integer", "minimum": 0},
+                                    "detail": {"type": "string"},
+                                },
+                            },
+                        },
                     },
                 },
                 "ModelIdentity": {

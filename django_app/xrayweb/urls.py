@@ -24,6 +24,7 @@ urlpatterns = [
     path("api/v1/predictions/<int:pk>", api.api_prediction, name="api_prediction"),
     path("api/v1/predictions/<int:pk>/feedback", api.api_feedback, name="api_feedback"),
     path("api/v1/heatmaps/<str:token>.jpg", api.heatmap, name="heatmap"),
+    path("api/v1/drift", api.api_drift, name="api_drift"),
 ]
 
 handler400 = errors.bad_request

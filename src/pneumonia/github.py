@@ -81,15 +81,19 @@ class GitHub:
             )
         return response.json() if response.content else None
 
+    def every_page(self, path: str) -> list[dict]:
+        """A listing's every page (``path`` with its query, 100 a page)."""
+        found, page = [], 1
+        while True:
+            batch = self.call("GET", f"{path}&per_page=100&page={page}")
+            found += batch
+            if len(batch) < 100:
+                return found
+            page += 1
+
     def pull_requests(self, state: str = "open") -> list[dict]:
         """Pull requests in ``state`` (open, closed, all), every page."""
-        pulls, page = [], 1
-        while True:
-            batch = self.call("GET", f"/pulls?state={state}&per_page=100&page={page}")
-            pulls += batch
-            if len(batch) < 100:
-                return pulls
-            page += 1
+        return self.every_page(f"/pulls?state={state}")
 
     def open_pull_requests(self) -> list[dict]:
         return self.pull_requests("open")
@@ -104,6 +108,18 @@ class GitHub:
 
     def close(self, number: int) -> None:
         self.call("PATCH", f"/pulls/{number}", {"state": "closed"})
+
+    def issues(self, state: str = "open") -> list[dict]:
+        """Issues in ``state``, every page (GitHub lists pull requests among them too, each
+        with a ``pull_request`` key)."""
+        return self.every_page(f"/issues?state={state}")
+
+    def create_issue(self, title: str, body: str) -> dict:
+        return self.call("POST", "/issues", {"title": title, "body": body})
+
+    def update_issue(self, number: int, **fields: str) -> dict:
+        """Change an issue's ``body``, ``title`` or ``state``."""
+        return self.call("PATCH", f"/issues/{number}", fields)
 
     def add_label(self, number: int, label: str) -> None:
         self.call("POST", f"/issues/{number}/labels", {"labels": [label]})

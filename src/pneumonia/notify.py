@@ -1,4 +1,5 @@
-"""Tell people what a deploy did: the job summary always, Slack when SLACK_WEBHOOK_URL is set.
+"""Tell people what a deploy did: the job summary always, Slack when SLACK_WEBHOOK_URL is set
+(``post_slack``, which the drift check uses too).
 
 python -m pneumonia.notify --status success --message "Deployed v3 (accuracy 0.91)"
 """
@@ -31,20 +32,29 @@ def notify(status: str, message: str) -> list[str]:
         with open(summary, "a") as f:
             f.write(f"### Deploy\n\n{text}\n")
         sent.append("job summary")
-    webhook = os.environ.get("SLACK_WEBHOOK_URL", "").strip()
-    if webhook:
-        request = urllib.request.Request(
-            webhook,
-            data=json.dumps({"text": text}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=15):
-                sent.append("slack")
-        except OSError as exc:  # a failed notification must not hide the deploy's own outcome
-            print(f"notify: warning: Slack webhook failed: {exc}", file=sys.stderr)
+    if post_slack(text):
+        sent.append("slack")
     print(text)
     return sent
+
+
+def post_slack(text: str) -> bool:
+    """Post ``text`` to SLACK_WEBHOOK_URL when it is set; whether it went. A failure is a
+    warning: it must not hide the outcome being told."""
+    webhook = os.environ.get("SLACK_WEBHOOK_URL", "").strip()
+    if not webhook:
+        return False
+    request = urllib.request.Request(
+        webhook,
+        data=json.dumps({"text": text}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15):
+            return True
+    except OSError as exc:
+        print(f"notify: warning: Slack webhook failed: {exc}", file=sys.stderr)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

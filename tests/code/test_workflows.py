@@ -27,8 +27,8 @@ def load(path: Path) -> dict:
     return data
 
 
-def test_there_are_the_four_workflows():
-    assert {p.stem for p in WORKFLOWS} == {"ci", "retrain", "pr-review", "deploy"}
+def test_there_are_the_five_workflows():
+    assert {p.stem for p in WORKFLOWS} == {"ci", "retrain", "pr-review", "deploy", "monitor"}
 
 
 def test_actionlint_with_shellcheck_is_clean():
@@ -129,7 +129,10 @@ def test_least_privilege_and_timeouts(path):
         for scope, level in (job.get("permissions") or {}).items():
             assert level in ("read", "write", "none") and job["permissions"] != "write-all"
             if level == "write":
-                assert (path.stem, name, scope) in {("pr-review", "gate", "pull-requests")}
+                assert (path.stem, name, scope) in {
+                    ("pr-review", "gate", "pull-requests"),
+                    ("monitor", "monitor", "issues"),
+                }
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

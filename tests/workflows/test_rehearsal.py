@@ -22,12 +22,14 @@ to a maintainer (the gate's status and comment say so).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -178,10 +180,13 @@ class Rehearsal:
         payload: dict,
         env: dict[str, str] | None = None,
         secrets_kept_out: tuple[str, ...] = (),
+        more_secrets: dict[str, str] | None = None,
+        variables: dict[str, str] | None = None,
     ) -> tuple[int, str]:
         """Run one workflow under act in a fresh clone of origin at ``ref``; ``env`` is added
         to the job's environment, the secrets named in ``secrets_kept_out`` are not given (as
-        GitHub gives none to a fork's pull request)."""
+        GitHub gives none to a fork's pull request), ``more_secrets`` and ``variables`` are
+        added to the repository's."""
         self.runs += 1
         run = self.work / "runs" / f"{self.runs:02d}-{workflow}"
         git(self.work, "clone", "-q", str(self.origin), str(run))
@@ -246,9 +251,11 @@ class Rehearsal:
             "HEROKU_SMOKE_TEST_TOKEN": self.smoke_token,
             "SLACK_WEBHOOK_URL": "",
         }
-        for name, value in given.items():
+        for name, value in {**given, **(more_secrets or {})}.items():
             if name not in secrets_kept_out:
                 command += ["-s", f"{name}={value}"]
+        for name, value in (variables or {}).items():
+            command += ["--var", f"{name}={value}"]
         for name, value in (env or {}).items():
             command += ["--env", f"{name}={value}"]
         # nothing of this process's own reaches the job (host mode): no AWS keys of the fixtures,
@@ -334,6 +341,20 @@ def heroku(tmp_path_factory):
     )
     token = made.split("store it now): ")[1].strip()
     fake = FakeHeroku(APP, api_key=SECRET, host=host)
+    # A hospital system's account (real traffic) and the drift check's staff account
+    fake.tokens = {}
+    for name, extra in (("ward-system", []), ("monitor", ["--staff"])):
+        made = host.manage(
+            code,
+            "add_clinician",
+            name,
+            "--password-stdin",
+            *extra,
+            "--api-token",
+            "rehearsal",
+            stdin="Rehearsal-Account-2026\n",
+        )
+        fake.tokens[name] = made.split("store it now): ")[1].strip()
     try:
         yield fake, token
     finally:
@@ -759,3 +780,49 @@ def test_a_fork_pull_request_that_changes_the_model_is_left_to_a_maintainer(rehe
     assert "**Gate: :x: ERROR**" in comment.body
     assert "a maintainer must retrain or push its model" in comment.body
     assert github.pull(number).labels == ["gate: failed"]
+
+
+def test_the_drift_check_keeps_one_issue_on_the_live_app(rehearsal, github, heroku):
+    """The scheduled monitor workflow against the live release: inverted X-rays sent by a
+    hospital system raise the alert, and the "Model drift" issue is opened once and updated,
+    never duplicated."""
+    from diagnosis.tests.running import multipart_image
+    from PIL import Image, ImageOps
+
+    from tests.conftest import SAMPLES
+
+    fake, _ = heroku
+    headers = {"Authorization": f"Bearer {fake.tokens['ward-system']}"}
+    for path in sorted(SAMPLES.rglob("*.jpeg"))[:40]:
+        buffer = io.BytesIO()
+        ImageOps.invert(Image.open(path).convert("L")).save(buffer, "PNG")
+        body, content_type = multipart_image(buffer.getvalue())
+        request = urllib.request.Request(
+            f"{fake.web_url}api/v1/predictions",
+            data=body,
+            headers={**headers, "Content-Type": content_type},
+        )
+        try:
+            urllib.request.urlopen(request, timeout=60).close()
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 422, exc.read()[:300]  # refused by the guard: counted too
+
+    def check() -> tuple[int, str]:
+        return rehearsal.act(
+            "monitor",
+            "schedule",
+            "main",
+            {"schedule": "41 */3 * * *"},
+            more_secrets={"XRAY_MONITOR_TOKEN": fake.tokens["monitor"]},
+            variables={"XRAY_APP_URL": fake.web_url},
+        )
+
+    code, log = check()
+    assert code == 0, log[-6000:]
+    assert "monitor: alert: opened issue" in log, log[-3000:]
+    (issue,) = [i for i in github.issues if i.title == "Model drift"]
+    assert issue.state == "open" and "**State: alert**" in issue.body
+    assert f"({fake.web_url}monitoring)" in issue.body and "| refusal_rate |" in issue.body
+    code, log = check()
+    assert code == 0 and f"monitor: alert: updated issue #{issue.number}" in log, log[-3000:]
+    assert [i.title for i in github.issues] == ["Model drift"], "updated, not duplicated"

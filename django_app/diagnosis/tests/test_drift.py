@@ -263,3 +263,32 @@ def test_the_tests_p_values_are_scipy_stats_own():
         # no likelier than the observed), and never far below it
         two_sided, theirs = drift.binomial_test(hits, n, p, "two-sided"), binomtest(hits, n, p)
         assert 0.9 * theirs.pvalue <= two_sided <= 2 * theirs.pvalue + 1e-12
+
+
+def test_a_guard_that_refuses_everything_is_an_alert(clinician):
+    """No prediction at all to date a window by: every refusal of the version counts."""
+    fields = {"source": "api", "model_version": "v-test", "image_sha256": "1" * 64}
+    for _ in range(drift.MIN_PREDICTIONS):
+        Refusal.objects.create(
+            user=clinician, reason="unlike_training", image_width=1, image_height=1, **fields
+        )
+    report = drift.report("v-test", {"refused": 0.0, "images": 100})
+    assert report.predictions == 0 and report.refusals == drift.MIN_PREDICTIONS
+    assert by_name(report)["refusal_rate"].state == "alert" and report.worst == "alert"
+
+
+def test_the_api_gives_staff_the_report(clinician, staff, manifest):
+    client = api(clinician)
+    for path in reference_files()[:5]:
+        upload(client, path.read_bytes())
+    assert Client().get("/api/v1/drift").status_code == 401
+    refused = client.get("/api/v1/drift")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "staff_only"
+    answer = api(staff).get("/api/v1/drift")
+    assert answer.status_code == 200
+    body = answer.json()
+    expected = drift.report_json(drift.served_report(), "http://testserver/monitoring")
+    assert body == json.loads(json.dumps(expected))
+    assert body["window"]["predictions"] == 5 and body["state"] is None  # too little traffic
+    assert body["reference_images"] == manifest["reference"]["images"]
+    assert [s["name"] for s in body["signals"]] == list(drift.SIGNALS)

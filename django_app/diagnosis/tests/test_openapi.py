@@ -113,7 +113,7 @@ def test_methods_it_does_not_name_are_405_with_the_allow_header_it_names(documen
                 assert response.json()["error"]["code"] == "method_not_allowed"
 
 
-def test_real_answers_match_it(document, clinician, other_clinician, samples):
+def test_real_answers_match_it(document, clinician, other_clinician, staff, samples):
     client = api(clinician)
     check(document, "/health", "get", client.get("/health"))
     listing = "/api/v1/predictions"
@@ -144,6 +144,9 @@ def test_real_answers_match_it(document, clinician, other_clinician, samples):
     assert given.status_code == 201
     check(document, feedback, "post", given)
     check(document, feedback, "post", client.post(url, {"true_label": "NORMAL"}, content_type=json))
+    check(document, "/api/v1/drift", "get", client.get("/api/v1/drift"))  # not staff: 403
+    check(document, "/api/v1/drift", "get", Client().get("/api/v1/drift"))  # 401
+    check(document, "/api/v1/drift", "get", api(staff).get("/api/v1/drift"))  # 200
     map_path = "/api/v1/heatmaps/{token}.jpg"
     check(document, map_path, "get", client.get(heatmap.removeprefix("http://testserver")))
     check(document, map_path, "get", client.get("/api/v1/heatmaps/gone.jpg"))  # 404

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
-from diagnosis import metrics
+from diagnosis import drift, metrics
 from diagnosis.accounts import api_error, api_login_required, token_user
 from diagnosis.feedback import (
     FeedbackRefused,
@@ -68,6 +68,23 @@ def metrics_endpoint(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(body, content_type=content_type)
     response["Cache-Control"] = "no-store"
     return response
+
+
+@csrf_exempt
+@api_login_required
+def api_drift(request: HttpRequest) -> JsonResponse:
+    """The served model's drift signals (diagnosis.drift), for staff: what the scheduled check
+    (``python -m pneumonia.monitor``) reads."""
+    if request.method != "GET":
+        return method_not_allowed("GET", "Use GET.")
+    if not request.user.is_staff:
+        return api_error(403, "staff_only", "The drift signals are for staff tokens.")
+    report = drift.served_report()
+    if report is None:
+        return api_error(503, "model_unavailable", "The model is not available right now.")
+    return JsonResponse(
+        drift.report_json(report, request.build_absolute_uri(reverse("monitoring")))
+    )
 
 
 @csrf_exempt  # as above
