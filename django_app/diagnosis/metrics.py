@@ -46,6 +46,13 @@ PROBABILITY = Histogram(
     ["model_version"],
     buckets=tuple(round(0.05 * k, 2) for k in range(1, 21)),
 )
+GUARD_DISTANCE = Histogram(
+    "xray_guard_distance",
+    "The guard's feature distance of each real prediction (about 1 for images like the "
+    "training ones; refused above the bundle's threshold), by model version.",
+    ["model_version"],
+    buckets=(0.5, 0.75, 1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 7.5, 10),
+)
 REFUSALS = Counter(
     "xray_refusals",
     "Uploads given no answer: kind guard (not a chest X-ray the model can answer for), format "

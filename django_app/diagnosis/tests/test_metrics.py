@@ -13,7 +13,7 @@ from django.test import Client
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from diagnosis.models import ApiToken
+from diagnosis.models import ApiToken, Prediction
 from diagnosis.tests.conftest import METRICS, SIZE, encode
 from tests.bundles import make_bundle
 
@@ -81,6 +81,9 @@ def test_they_count_predictions_refusals_feedback_and_requests(clinician, staff,
     labels = {"label": made["label"], "model_version": version, "source": "api"}
     assert grew("xray_predictions_total", traffic="real", **labels) == 1
     assert grew("xray_prediction_probability_count", model_version=version) == 1
+    distance = Prediction.objects.get(pk=made["id"]).guard_distance  # what the guard measured
+    assert grew("xray_guard_distance_count", model_version=version) == 1
+    assert grew("xray_guard_distance_sum", model_version=version) == pytest.approx(distance)
     assert grew("xray_refusals_total", kind="guard", reason="uniform") == 1
     assert grew("xray_refusals_total", kind="format", reason="unreadable_image") == 1
     assert grew("xray_feedback_total", verdict="corrected", consent="no") == 1
@@ -134,9 +137,10 @@ def test_a_synthetic_accounts_predictions_are_labelled_apart(staff, samples, mon
         - value(before, "xray_predictions_total", traffic="synthetic", **labels)
         == 1
     )
-    assert value(after, "xray_prediction_probability_count", model_version=version) == value(
-        before, "xray_prediction_probability_count", model_version=version
-    )
+    for histogram in ("xray_prediction_probability_count", "xray_guard_distance_count"):
+        assert value(after, histogram, model_version=version) == value(
+            before, histogram, model_version=version
+        )
     assert Prediction.objects.get(pk=made["id"]).synthetic
     user = get_user_model().objects.get(username="smoke-test")
     assert not user.is_staff and user.groups.filter(name="synthetic traffic").exists()

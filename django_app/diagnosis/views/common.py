@@ -46,8 +46,12 @@ def predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predictio
         raise
     traffic = "synthetic" if prediction.synthetic else "real"
     metrics.PREDICTIONS.labels(prediction.label, prediction.model_version, source, traffic).inc()
-    if not prediction.synthetic:  # the distribution drift is read from: clinicians' only
+    if not prediction.synthetic:  # the distributions drift is read from: clinicians' only
         metrics.PROBABILITY.labels(prediction.model_version).observe(prediction.probability)
+        if prediction.guard_distance is not None:
+            metrics.GUARD_DISTANCE.labels(prediction.model_version).observe(
+                prediction.guard_distance
+            )
     return result, prediction
 
 
