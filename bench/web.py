@@ -1,7 +1,7 @@
 """The web app under load, as it runs on Heroku: packaged with the bundle, its own venv (no
 torch), the Procfile's web command (gunicorn, 2 workers) on PostgreSQL, on 127.0.0.1 only.
 
-    python bench/web.py [--clients 4] [--seconds 60] [--quick]
+    python bench/web.py [--clients 4] [--seconds 60] [--metrics on|off] [--quick]
 
 Measures: cold start (process start to the first prediction answered), requests/s and
 p50/p95/p99 latency of POST /api/v1/predictions with the full-size sample JPEGs at N concurrent
@@ -134,6 +134,9 @@ def main() -> int:
     parser.add_argument("--predictions", type=int, default=1000, help="RSS is read after these")
     parser.add_argument("--quick", action="store_true", help="a few seconds: checks that it works")
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "bundle")
+    parser.add_argument(
+        "--metrics", choices=["on", "off"], default="on", help="off: PROMETHEUS_METRICS=0"
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.predictions = 3, 20
@@ -160,6 +163,7 @@ def main() -> int:
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SSL_REDIRECT": "0",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
+        "PROMETHEUS_METRICS": "1" if args.metrics == "on" else "0",
     }
     procfile = dict(line.split(": ", 1) for line in (app / "Procfile").read_text().splitlines())
     for command in ("python manage.py collectstatic --noinput", procfile["release"]):
@@ -234,7 +238,8 @@ def main() -> int:
     p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
     print(
         f"gunicorn, 2 workers (Procfile), PostgreSQL; {args.clients} concurrent clients posting "
-        f"{len(images)} full-size sample JPEGs in turn for {args.seconds:.0f} s on loopback.\n"
+        f"{len(images)} full-size sample JPEGs in turn for {args.seconds:.0f} s on loopback; "
+        f"service metrics {args.metrics}.\n"
     )
     print("| measure | value |\n|---|---:|")
     print(f"| requests | {len(statuses)} ({errors} errors, {refused} refused by the guard) |")

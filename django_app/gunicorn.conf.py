@@ -8,7 +8,11 @@ import tempfile
 
 
 def on_starting(server):
-    """Before any worker is forked: a fresh metrics folder the workers inherit."""
+    """Before any worker is forked: a fresh metrics folder the workers inherit (none when the
+    metrics are off: PROMETHEUS_METRICS=0)."""
+    if os.environ.get("PROMETHEUS_METRICS", "1").strip().lower() in ("0", "false", "no", "off"):
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="xray-metrics-")
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)

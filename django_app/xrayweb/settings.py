@@ -10,6 +10,8 @@ FEEDBACK_STORAGE   where consented feedback images go: s3://bucket/prefix (crede
                    django_app/feedback_images; not for Heroku, whose disk is wiped on restart)
 DJANGO_BEHIND_PROXY 1 on Heroku: take the client address from X-Forwarded-For (login throttle)
 DATABASE_POOL_SIZE PostgreSQL connections per worker process at most (default 4)
+PROMETHEUS_METRICS 0 turns the service metrics off: no timing middleware, no shared metrics
+                   folder, /metrics answers 404 (the monitoring page and /api/v1/drift stay)
 """
 
 import json
@@ -73,8 +75,10 @@ INSTALLED_APPS = [
     "diagnosis",
 ]
 
+PROMETHEUS_METRICS = env_bool("PROMETHEUS_METRICS", True)
 MIDDLEWARE = [
-    "diagnosis.middleware.MetricsMiddleware",  # first: it times and counts every answer
+    *(["diagnosis.middleware.MetricsMiddleware"] if PROMETHEUS_METRICS else []),  # first: it
+    # times and counts every answer
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "diagnosis.middleware.ContentSecurityPolicyMiddleware",

@@ -59,6 +59,36 @@ def test_metrics_are_for_staff_only(clinician, staff):
     assert api(staff).get("/metrics").status_code == 200
 
 
+def test_metrics_can_be_turned_off(staff, settings, monkeypatch):
+    """PROMETHEUS_METRICS=0: no timing middleware, no shared folder, /metrics is 404."""
+    import json
+    import os
+    import runpy
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    app = Path(__file__).resolve().parents[2]
+    probe = (
+        "import json, xrayweb.settings as s; print(json.dumps([s.PROMETHEUS_METRICS, "
+        "'diagnosis.middleware.MetricsMiddleware' in s.MIDDLEWARE]))"
+    )
+    for value, expected in (("0", [False, False]), ("1", [True, True])):
+        env = {"PATH": "/usr/bin:/bin", "DJANGO_DEBUG": "1", "PROMETHEUS_METRICS": value}
+        out = subprocess.run(
+            [sys.executable, "-c", probe], cwd=app, env=env, capture_output=True, text=True
+        )
+        assert json.loads(out.stdout) == expected, out.stderr
+    settings.PROMETHEUS_METRICS = False
+    answer = api(staff).get("/metrics")
+    assert answer.status_code == 404 and b"PROMETHEUS_METRICS=0" in answer.content
+    hooks = runpy.run_path(str(app / "gunicorn.conf.py"))
+    monkeypatch.setenv("PROMETHEUS_METRICS", "0")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics")
+    hooks["on_starting"](None)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
 def test_they_count_predictions_refusals_feedback_and_requests(clinician, staff, samples):
     monitor, client = api(staff), api(clinician)
     before = scrape(monitor)

@@ -53,6 +53,10 @@ def openapi(request: HttpRequest) -> JsonResponse:
 def metrics_endpoint(request: HttpRequest) -> HttpResponse:
     """Prometheus metrics (diagnosis.metrics), for staff only: a staff API token (what a
     Prometheus scrape sends as its bearer token) or a staff session."""
+    if not settings.PROMETHEUS_METRICS:
+        return HttpResponse(
+            "Metrics are off here (PROMETHEUS_METRICS=0).\n", status=404, content_type="text/plain"
+        )
     user = token_user(request) or request.user
     if not user.is_authenticated:
         response = HttpResponse(
