@@ -229,6 +229,37 @@ def test_guard_benchmark_measures_both_rates(tmp_path):
     assert len(decisions["xrays"]["full-size originals (samples/)"]) == 6
 
 
+def test_drift_benchmark_runs_the_apps_signals_over_simulated_days(tmp_path):
+    bundle = make_bundle(calibrated_model(64), 64, tmp_path / "bundle", METRICS, reference=20)
+    out = tmp_path / "drift.json"
+    command = [sys.executable, "-m", "bench.drift", "--quick", "--bundle", str(bundle)]
+    result = run([*command, "--out", str(out)], REPO, tool_env())
+    assert "**False alarms**" in result.stdout and "**Detection delay**" in result.stdout
+    found = json.loads(out.read_text())
+    (run_,) = found["false_alarms"]
+    assert run_["evaluations"] == 3 * 24 and run_["uploads"] > 0
+    assert set(found["detection"]) == {
+        "inverted",
+        "low contrast",
+        "brighter",
+        "equalised",
+        "blurred",
+        "pneumonia ward",
+    }
+    pool = found["accuracy"]["in distribution"]
+    assert 0 <= pool["real"] <= 1 and 0 <= pool["estimated"] <= 1
+    assert found["accuracy"]["pneumonia ward"]["images"] < pool["images"]
+    unguarded = tmp_path / "no-reference"
+    make_bundle(calibrated_model(64), 64, unguarded, METRICS)
+    refused = run(
+        [sys.executable, "-m", "bench.drift", "--quick", "--bundle", str(unguarded)],
+        REPO,
+        tool_env(),
+        check=False,
+    )
+    assert refused.returncode == 1 and "records no drift reference" in refused.stdout
+
+
 def test_scaling_benchmark_measures_every_stage(tmp_path):
     require_data()
     out = tmp_path / "scaling.json"

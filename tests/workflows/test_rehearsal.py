@@ -324,6 +324,8 @@ def heroku(tmp_path_factory):
             "ALLOWED_HOSTS": "localhost,127.0.0.1",
             "DJANGO_SSL_REDIRECT": "0",
             "DATABASE_URL": database_url(database, scheme="postgres"),
+            # consented images: one place for every release and for export_feedback
+            "FEEDBACK_STORAGE": str(work / "feedback-images"),
         },
         free_port(),
     )
@@ -341,6 +343,7 @@ def heroku(tmp_path_factory):
     )
     token = made.split("store it now): ")[1].strip()
     fake = FakeHeroku(APP, api_key=SECRET, host=host)
+    fake.code = code  # where staff's manage.py commands run, against the live database
     # A hospital system's account (real traffic) and the drift check's staff account
     fake.tokens = {}
     for name, extra in (("ward-system", []), ("monitor", ["--staff"])):
@@ -826,3 +829,70 @@ def test_the_drift_check_keeps_one_issue_on_the_live_app(rehearsal, github, hero
     code, log = check()
     assert code == 0 and f"monitor: alert: updated issue #{issue.number}" in log, log[-3000:]
     assert [i.title for i in github.issues] == ["Model drift"], "updated, not duplicated"
+
+
+def test_consented_feedback_reaches_the_next_model_through_the_drift_issue(
+    rehearsal, github, heroku
+):
+    """Clinicians confirm or correct 50 answers and consent: the drift issue says a retrain is
+    possible, and the path it names works: export_feedback, ingest, dvc push, then the retrain
+    workflow dispatched by hand opens a pull request on the new data."""
+    from diagnosis.tests.running import multipart_image
+
+    fake, _ = heroku
+    headers = {"Authorization": f"Bearer {fake.tokens['ward-system']}"}
+    consented = {"NORMAL": 0, "PNEUMONIA": 0}
+    for label in consented:
+        for path in sorted((DATASET / "train" / label).iterdir())[60:200]:
+            if consented[label] == 25:  # 25 of each, of those the tiny model answers
+                break
+            body, content_type = multipart_image(path.read_bytes())
+            request = urllib.request.Request(
+                f"{fake.web_url}api/v1/predictions",
+                data=body,
+                headers={**headers, "Content-Type": content_type},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    made = json.load(response)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 422, exc.read()[:300]
+                continue
+            verdict = json.dumps({"true_label": label, "consent": True}).encode()
+            request = urllib.request.Request(
+                made["feedback_url"],
+                data=verdict,
+                headers={**headers, "Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(request, timeout=60).close()
+            consented[label] += 1
+    assert consented == {"NORMAL": 25, "PNEUMONIA": 25}
+
+    code, log = rehearsal.act(
+        "monitor",
+        "schedule",
+        "main",
+        {"schedule": "41 */3 * * *"},
+        more_secrets={"XRAY_MONITOR_TOKEN": fake.tokens["monitor"]},
+        variables={"XRAY_APP_URL": fake.web_url},
+    )
+    assert code == 0, log[-6000:]
+    (issue,) = [i for i in github.issues if i.title == "Model drift" and i.state == "open"]
+    assert "**50 consented, labelled cases are ready for retraining**" in issue.body
+
+    out = rehearsal.work / "feedback-exports"
+    said = fake.host.manage(fake.code, "export_feedback", str(out))
+    assert "exported 50 images to" in said, said
+    (folder,) = out.iterdir()
+    git(rehearsal.clone, "checkout", "-q", "main")
+    git(rehearsal.clone, "pull", "-q", "origin", "main")
+    added = rehearsal.sh(str(BIN / "python"), "-m", "pneumonia.ingest", str(folder))
+    assert "train  NORMAL +25  PNEUMONIA +25" in added, added
+    rehearsal.sh(str(BIN / "dvc"), "push", "-q", "chest_xray.dvc")
+    rehearsal.commit_and_push("Data: 50 clinician-labelled cases from the app's feedback")
+    reason = "50 consented cases from clinicians (Model drift issue)"
+    inputs = {"force": False, "epochs": "", "reason": reason, "runner": "cpu"}
+    code, log = rehearsal.act("retrain", "workflow_dispatch", "main", {"inputs": inputs})
+    assert code == 0, log[-6000:]
+    pr = max(retrain_pull(github), key=lambda p: p.number)
+    assert reason in pr.body and "Data changed: the base model was trained on" in pr.body
