@@ -5,10 +5,11 @@ torch), the Procfile's web command (gunicorn, 2 workers) on PostgreSQL, on 127.0
 
 Measures: cold start (process start to the first prediction answered), requests/s and
 p50/p95/p99 latency of POST /api/v1/predictions with the full-size sample JPEGs at N concurrent
-clients over a bounded run, errors, RSS of each worker at start and after 1,000 predictions,
-what 32 clients not signed in stalling 10.4 MiB bodies get and cost the workers, and the
-installed size (venv + app + model). Prints a Markdown report. Load stays on loopback and
-stops by itself.
+clients over a bounded run (with the service metrics on, /metrics scraped every 5 s as
+Prometheus would; ``--metrics off``: PROMETHEUS_METRICS=0), errors, RSS of each worker at start
+and after 1,000 predictions, what 32 clients not signed in stalling 10.4 MiB bodies get and
+cost the workers, and the installed size (venv + app + model). Prints a Markdown report. Load
+stays on loopback and stops by itself.
 """
 
 from __future__ import annotations
@@ -178,6 +179,19 @@ def main() -> int:
         text=True,
     )
     TOKEN["value"] = made.stdout.split("store it now): ")[1].strip()
+    scraper = None
+    if args.metrics == "on":  # a staff token, as Prometheus's scrape job would hold
+        made = subprocess.run(
+            ["python", "manage.py", "add_clinician", "prometheus", "--staff", "--password-stdin"]
+            + ["--api-token", "scrape"],
+            cwd=app,
+            env=env,
+            input=secrets.token_urlsafe(16) + "\n",
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        scraper = made.stdout.split("store it now): ")[1].strip()
     url = f"http://127.0.0.1:{port}/api/v1/predictions"
     log = open(work / "web.log", "w")  # noqa: SIM115 (closed in finally)
     started = time.perf_counter()
@@ -212,7 +226,24 @@ def main() -> int:
                     statuses.append(status)
                 i += args.clients
 
+        scrapes: list[float] = []
+
+        def scrape() -> None:
+            """/metrics every 5 s (drift signals included), as a Prometheus scrape job."""
+            headers = {"Authorization": f"Bearer {scraper}"}
+            while time.perf_counter() < deadline:
+                begun = time.perf_counter()
+                metrics = urllib.request.Request(url.replace("/api/v1/predictions", "/metrics"))
+                for name, value in headers.items():
+                    metrics.add_header(name, value)
+                with urllib.request.urlopen(metrics, timeout=30) as answer:
+                    answer.read()
+                scrapes.append((time.perf_counter() - begun) * 1000)
+                time.sleep(max(0.0, 5 - (time.perf_counter() - begun)))
+
         threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        if scraper:
+            threads.append(threading.Thread(target=scrape))
         load_started = time.perf_counter()
         for t in threads:
             t.start()
@@ -239,7 +270,9 @@ def main() -> int:
     print(
         f"gunicorn, 2 workers (Procfile), PostgreSQL; {args.clients} concurrent clients posting "
         f"{len(images)} full-size sample JPEGs in turn for {args.seconds:.0f} s on loopback; "
-        f"service metrics {args.metrics}.\n"
+        f"service metrics {args.metrics}"
+        + (f", /metrics scraped every 5 s ({len(scrapes)} scrapes)" if scraper else "")
+        + ".\n"
     )
     print("| measure | value |\n|---|---:|")
     print(f"| requests | {len(statuses)} ({errors} errors, {refused} refused by the guard) |")
@@ -247,6 +280,10 @@ def main() -> int:
     print(f"| latency p50 / p95 / p99 | {p50:.0f} / {p95:.0f} / {p99:.0f} ms |")
     print(f"| mean latency | {statistics.mean(latencies):.0f} ms |")
     print(f"| cold start (spawn to first prediction) | {cold_start:.2f} s |")
+    if scrapes:
+        print(
+            f"| /metrics scrape, median / max | {np.median(scrapes):.0f} / {max(scrapes):.0f} ms |"
+        )
     for n, pid in enumerate(sorted(rss_start)):
         end = rss_end.get(pid, float("nan"))
         growth = (end / rss_start[pid] - 1) * 100
