@@ -169,21 +169,12 @@ def main() -> int:
     procfile = dict(line.split(": ", 1) for line in (app / "Procfile").read_text().splitlines())
     for command in ("python manage.py collectstatic --noinput", procfile["release"]):
         subprocess.run(["bash", "-c", command], cwd=app, env=env, check=True, capture_output=True)
-    made = subprocess.run(
-        ["python", "manage.py", "add_clinician", "bench", "--password-stdin", "--api-token", "b"],
-        cwd=app,
-        env=env,
-        input=secrets.token_urlsafe(16) + "\n",
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    TOKEN["value"] = made.stdout.split("store it now): ")[1].strip()
-    scraper = None
-    if args.metrics == "on":  # a staff token, as Prometheus's scrape job would hold
+
+    def account(name: str, *extra: str) -> str:
+        """An account made as the README tells staff to; its API token."""
         made = subprocess.run(
-            ["python", "manage.py", "add_clinician", "prometheus", "--staff", "--password-stdin"]
-            + ["--api-token", "scrape"],
+            ["python", "manage.py", "add_clinician", name, "--password-stdin", *extra]
+            + ["--api-token", "bench"],
             cwd=app,
             env=env,
             input=secrets.token_urlsafe(16) + "\n",
@@ -191,7 +182,11 @@ def main() -> int:
             capture_output=True,
             text=True,
         )
-        scraper = made.stdout.split("store it now): ")[1].strip()
+        return made.stdout.split("store it now): ")[1].strip()
+
+    TOKEN["value"] = account("bench")
+    # with the metrics on, a staff token, as Prometheus's scrape job would hold
+    scraper = account("prometheus", "--staff") if args.metrics == "on" else None
     url = f"http://127.0.0.1:{port}/api/v1/predictions"
     log = open(work / "web.log", "w")  # noqa: SIM115 (closed in finally)
     started = time.perf_counter()

@@ -785,30 +785,41 @@ def test_a_fork_pull_request_that_changes_the_model_is_left_to_a_maintainer(rehe
     assert github.pull(number).labels == ["gate: failed"]
 
 
+def post_upload(fake: FakeHeroku, image: bytes) -> dict | None:
+    """One upload to the live release from the hospital system's account: its prediction, or
+    None where the guard refused it (422, recorded as a refusal)."""
+    from diagnosis.tests.running import multipart_image
+
+    body, content_type = multipart_image(image)
+    request = urllib.request.Request(
+        f"{fake.web_url}api/v1/predictions",
+        data=body,
+        headers={
+            "Authorization": f"Bearer {fake.tokens['ward-system']}",
+            "Content-Type": content_type,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 422, exc.read()[:300]
+        return None
+
+
 def test_the_drift_check_keeps_one_issue_on_the_live_app(rehearsal, github, heroku):
     """The scheduled monitor workflow against the live release: inverted X-rays sent by a
     hospital system raise the alert, and the "Model drift" issue is opened once and updated,
     never duplicated."""
-    from diagnosis.tests.running import multipart_image
     from PIL import Image, ImageOps
 
     from tests.conftest import SAMPLES
 
     fake, _ = heroku
-    headers = {"Authorization": f"Bearer {fake.tokens['ward-system']}"}
-    for path in sorted(SAMPLES.rglob("*.jpeg"))[:40]:
+    for path in sorted(SAMPLES.rglob("*.jpeg"))[:40]:  # refused or answered: both count
         buffer = io.BytesIO()
         ImageOps.invert(Image.open(path).convert("L")).save(buffer, "PNG")
-        body, content_type = multipart_image(buffer.getvalue())
-        request = urllib.request.Request(
-            f"{fake.web_url}api/v1/predictions",
-            data=body,
-            headers={**headers, "Content-Type": content_type},
-        )
-        try:
-            urllib.request.urlopen(request, timeout=60).close()
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 422, exc.read()[:300]  # refused by the guard: counted too
+        post_upload(fake, buffer.getvalue())
 
     def check() -> tuple[int, str]:
         return rehearsal.act(
@@ -837,8 +848,6 @@ def test_consented_feedback_reaches_the_next_model_through_the_drift_issue(
     """Clinicians confirm or correct 50 answers and consent: the drift issue says a retrain is
     possible, and the path it names works: export_feedback, ingest, dvc push, then the retrain
     workflow dispatched by hand opens a pull request on the new data."""
-    from diagnosis.tests.running import multipart_image
-
     fake, _ = heroku
     headers = {"Authorization": f"Bearer {fake.tokens['ward-system']}"}
     consented = {"NORMAL": 0, "PNEUMONIA": 0}
@@ -846,17 +855,8 @@ def test_consented_feedback_reaches_the_next_model_through_the_drift_issue(
         for path in sorted((DATASET / "train" / label).iterdir())[60:200]:
             if consented[label] == 25:  # 25 of each, of those the tiny model answers
                 break
-            body, content_type = multipart_image(path.read_bytes())
-            request = urllib.request.Request(
-                f"{fake.web_url}api/v1/predictions",
-                data=body,
-                headers={**headers, "Content-Type": content_type},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    made = json.load(response)
-            except urllib.error.HTTPError as exc:
-                assert exc.code == 422, exc.read()[:300]
+            made = post_upload(fake, path.read_bytes())
+            if made is None:
                 continue
             verdict = json.dumps({"true_label": label, "consent": True}).encode()
             request = urllib.request.Request(
