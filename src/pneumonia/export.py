@@ -197,39 +197,43 @@ def fit_guard(
     return section
 
 
-def guard_refusals(guard: Guard, images: np.ndarray, features: np.ndarray) -> float:
-    """Share of ``images`` (uint8, the model's input size; ``features`` pooled) the guard
+def guard_refused(guard: Guard, images: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Which of ``images`` (uint8, the model's input size; ``features`` pooled) the guard
     refuses as nearly uniform or by their features (size and colour need the original file)."""
-    return float((guard.uniform(images) | (guard.distance(features) > guard.threshold)).mean())
+    return guard.uniform(images) | (guard.distance(features) > guard.threshold)
 
 
-def drift_reference(bundle: Bundle, split: PreparedSplit, batch: int = 64) -> dict[str, Any]:
+def guard_refusals(guard: Guard, images: np.ndarray, features: np.ndarray) -> float:
+    """The share of ``images`` the guard refuses (``guard_refused``)."""
+    return float(guard_refused(guard, images, features).mean())
+
+
+def drift_reference(
+    split: PreparedSplit,
+    probability: np.ndarray,
+    threshold: float,
+    guard: Guard | None,
+    features: np.ndarray | None,
+) -> dict[str, Any]:
     """model.json's ``reference``: what production traffic is compared with (the app's
-    ``diagnosis.drift``), measured on ``split`` (the test split) exactly as uploads are
-    decided: of the images the guard accepts, the calibrated probability, the guard distance,
-    brightness and contrast of each (4 decimals, in the split's order), the share decided
-    PNEUMONIA, the accuracy estimated from the probabilities alone (each decision is right with
-    probability p, or 1 - p: confidence-based performance estimation) beside the real one, and
-    the share refused. Nothing here is used to choose or fit anything."""
-    probability, distance = [], []
-    for i in range(0, len(split.images), batch):
-        logits, features = bundle.run(split.images[i : i + batch])
-        probability.append(bundle.calibrated(logits))
-        if bundle.guard is not None:
-            distance.append(bundle.guard.distance(features))
-    probability = np.concatenate(probability)
+    ``diagnosis.drift``), from the served bundle's answers on ``split`` (the test split):
+    ``probability`` calibrated, ``features`` pooled (with a ``guard``). Measured exactly as
+    uploads are decided: of the images the guard accepts, the calibrated probability, the guard
+    distance, brightness and contrast of each (4 decimals, in the split's order), the share
+    decided PNEUMONIA, the accuracy estimated from the probabilities alone (each decision is
+    right with probability p, or 1 - p: confidence-based performance estimation) beside the
+    real one, and the share refused. Nothing here is used to choose or fit anything."""
     brightness, contrast = image_statistics(split.images)
     accepted = np.ones(len(probability), bool)
-    if bundle.guard is not None:
-        distances = np.concatenate(distance)
-        accepted = ~bundle.guard.uniform(split.images) & (distances <= bundle.guard.threshold)
+    if guard is not None:
+        accepted = ~guard_refused(guard, split.images, features)
     if not accepted.any():
         raise NoReferenceError(
             "the guard refuses every test image, so there is no reference for drift monitoring:"
             " check export.guard in params.yaml (its quantile, min_contrast) and the test split"
         )
     p = probability[accepted]
-    decided = p >= bundle.threshold
+    decided = p >= threshold
     positive = config.LABELS.index(config.POSITIVE_LABEL)
 
     def values(a: np.ndarray) -> list[float]:
@@ -243,7 +247,7 @@ def drift_reference(bundle: Bundle, split: PreparedSplit, batch: int = 64) -> di
         "estimated_accuracy": round(float(np.where(decided, p, 1 - p).mean()), 6),
         "accuracy": round(float((decided == (split.labels[accepted] == positive)).mean()), 6),
         "probability": values(probability),
-        "guard_distance": values(distances) if bundle.guard is not None else None,
+        "guard_distance": values(guard.distance(features)) if guard is not None else None,
         "brightness": values(brightness),
         "contrast": values(contrast),
     }
@@ -359,6 +363,7 @@ def export(
             float_onnx.unlink()
         else:
             float_onnx.replace(staging / "model.onnx")
+        guard, test_features = None, None
         if guard_images is not None:
             bundle = Bundle.from_parts(staging / "model.onnx", manifest)
             train_images, val_images = guard_images
@@ -377,9 +382,10 @@ def export(
             refused["not_chest_xray"], manifest["guard"]["catalogue_images"] = (
                 catalogue.refused_share(guarded, others)
             )
-        if test_split is not None:
-            served_bundle = Bundle.from_parts(staging / "model.onnx", manifest)
-            manifest["reference"] = drift_reference(served_bundle, test_split)
+        if test_split is not None:  # the answers above, of the model.onnx that is served
+            manifest["reference"] = drift_reference(
+                test_split, served_probability, float(manifest["threshold"]), guard, test_features
+            )
         (staging / "model.json").write_text(json.dumps(manifest, indent=2) + "\n")
         Bundle(staging)  # what is served loads and matches its manifest
     return manifest, served_probability
