@@ -25,20 +25,18 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import tempfile
-import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from bench.in_process_app import setup_django
 from pneumonia.config import BUNDLE_DIR, SHARED_DATA_DIR
 from pneumonia.serving import Bundle, NotAChestXray, read_image
 
-ROOT = Path(__file__).resolve().parents[1]
 FEEDBACK_SHARE = 0.1
 WARM_DAYS, DETECT_DAYS = 7, 14
 
@@ -101,20 +99,6 @@ def answered_sets(bundle: Bundle, quick: bool) -> dict[str, list[dict]]:
             sets[kind].append({**answer(bundle, png(shifted(image, kind))), "truth": truth})
     sets["pneumonia ward"] = [a for a in sets["in distribution"] if a["truth"] == "PNEUMONIA"]
     return sets
-
-
-def setup_django(folder: Path) -> None:
-    sys.path[:0] = [str(ROOT / "django_app"), str(ROOT)]
-    os.environ["DATABASE_URL"] = f"sqlite:///{folder / 'db.sqlite3'}"
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-" + "x" * 50)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "xrayweb.settings"
-    import django
-
-    django.setup()
-    warnings.filterwarnings("ignore", message="No directory at")
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
 
 
 class Clinic:

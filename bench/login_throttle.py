@@ -16,42 +16,19 @@ address given. Prints a Markdown table (docs/benchmarks.md,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
-import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/login_throttle.py`: bench beside it
+    sys.path.insert(0, str(ROOT))
+from bench.in_process_app import setup_django  # noqa: E402
+
 PASSWORD = "Bench-Sturdy-Pass-2026"
 NAT = "192.0.2.10"  # the hospital's one public address
-
-
-def setup_django(folder: Path) -> None:
-    sys.path[:0] = [str(ROOT / "django_app"), str(ROOT)]
-    os.environ["DATABASE_URL"] = f"sqlite:///{folder / 'db.sqlite3'}"
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only-" + "x" * 50)
-    os.environ["DJANGO_SSL_REDIRECT"] = "0"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "xrayweb.settings"
-    import logging
-
-    import django
-
-    django.setup()
-    logging.getLogger("django.request").setLevel(logging.ERROR)  # each 429 is a warning
-    warnings.filterwarnings("ignore", message="No directory at")  # no collectstatic here
-    from django.conf import settings
-    from django.core.management import call_command
-
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed only
-    settings.ALLOWED_HOSTS = ["testserver"]
-    settings.STORAGES = {  # no collectstatic: pages render from the app's static folder
-        **settings.STORAGES,
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
-    }
-    call_command("migrate", verbosity=0)
 
 
 class Clock:

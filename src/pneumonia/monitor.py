@@ -28,6 +28,7 @@ import requests
 
 from pneumonia.github import GitHub, GitHubError
 from pneumonia.notify import post_slack
+from pneumonia.retrain import append_github_file
 
 TITLE = "Model drift"
 STATE = re.compile(r"<!-- drift-state: (\w+) -->")
@@ -154,10 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MonitorError, GitHubError) as exc:
         print(f"monitor: error: {exc}", file=sys.stderr)
         return 1
-    text = f"### Drift check\n\n{summary(report)}\n\n{done}\n"
-    if os.environ.get("GITHUB_STEP_SUMMARY"):
-        with open(os.environ["GITHUB_STEP_SUMMARY"], "a") as f:
-            f.write(text)
+    append_github_file("GITHUB_STEP_SUMMARY", f"### Drift check\n\n{summary(report)}\n\n{done}")
     print(f"monitor: {report['state'] or 'not enough data'}: {done}")
     return 0
 

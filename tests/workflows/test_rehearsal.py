@@ -807,6 +807,18 @@ def post_upload(fake: FakeHeroku, image: bytes) -> dict | None:
         return None
 
 
+def drift_check(rehearsal: Rehearsal, fake: FakeHeroku) -> tuple[int, str]:
+    """The scheduled monitor workflow against the live release, with the staff token."""
+    return rehearsal.act(
+        "monitor",
+        "schedule",
+        "main",
+        {"schedule": "41 */3 * * *"},
+        more_secrets={"XRAY_MONITOR_TOKEN": fake.tokens["monitor"]},
+        variables={"XRAY_APP_URL": fake.web_url},
+    )
+
+
 def test_the_drift_check_keeps_one_issue_on_the_live_app(rehearsal, github, heroku):
     """The scheduled monitor workflow against the live release: inverted X-rays sent by a
     hospital system raise the alert, and the "Model drift" issue is opened once and updated,
@@ -821,23 +833,13 @@ def test_the_drift_check_keeps_one_issue_on_the_live_app(rehearsal, github, hero
         ImageOps.invert(Image.open(path).convert("L")).save(buffer, "PNG")
         post_upload(fake, buffer.getvalue())
 
-    def check() -> tuple[int, str]:
-        return rehearsal.act(
-            "monitor",
-            "schedule",
-            "main",
-            {"schedule": "41 */3 * * *"},
-            more_secrets={"XRAY_MONITOR_TOKEN": fake.tokens["monitor"]},
-            variables={"XRAY_APP_URL": fake.web_url},
-        )
-
-    code, log = check()
+    code, log = drift_check(rehearsal, fake)
     assert code == 0, log[-6000:]
     assert "monitor: alert: opened issue" in log, log[-3000:]
     (issue,) = [i for i in github.issues if i.title == "Model drift"]
     assert issue.state == "open" and "**State: alert**" in issue.body
     assert f"({fake.web_url}monitoring)" in issue.body and "| refusal_rate |" in issue.body
-    code, log = check()
+    code, log = drift_check(rehearsal, fake)
     assert code == 0 and f"monitor: alert: updated issue #{issue.number}" in log, log[-3000:]
     assert [i.title for i in github.issues] == ["Model drift"], "updated, not duplicated"
 
@@ -868,14 +870,7 @@ def test_consented_feedback_reaches_the_next_model_through_the_drift_issue(
             consented[label] += 1
     assert consented == {"NORMAL": 25, "PNEUMONIA": 25}
 
-    code, log = rehearsal.act(
-        "monitor",
-        "schedule",
-        "main",
-        {"schedule": "41 */3 * * *"},
-        more_secrets={"XRAY_MONITOR_TOKEN": fake.tokens["monitor"]},
-        variables={"XRAY_APP_URL": fake.web_url},
-    )
+    code, log = drift_check(rehearsal, fake)
     assert code == 0, log[-6000:]
     (issue,) = [i for i in github.issues if i.title == "Model drift" and i.state == "open"]
     assert "**50 consented, labelled cases are ready for retraining**" in issue.body
