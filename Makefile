@@ -1,7 +1,7 @@
 # Everyday commands. Each target installs what it needs first (a venv in .venv/).
 #   make retrain DATA_SRC=../shared/data/chest_xray WEIGHTS=none   # the retraining job, offline
 #   make test                                                      # the whole test suite
-PYTHON ?= python3.11
+PYTHON ?= python$(shell cat .python-version)
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_SRC ?=
@@ -9,24 +9,29 @@ WEIGHTS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install system-deps data retrain test test-fast rehearsal lint format bench bench-pipeline clean
+.PHONY: help install lock audit system-deps data retrain test test-fast rehearsal lint format bench bench-pipeline clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
-# The install stamp names the hash of what is installed: a changed requirement reinstalls, a
-# copy of the same files (a fresh checkout, a CI workspace) does not.
-REQUIREMENTS := requirements.txt requirements-dev.txt django_app/requirements.txt pyproject.toml
-INSTALLED := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | sha256sum | cut -c1-16)
+# The venv is installed from the development lock (requirements-dev.txt: exact versions, every
+# file's sha256), which includes the pipeline's and the app's locks. The install stamp names the
+# hash of the lock: a changed lock reinstalls, a copy of the same files (a fresh checkout, a CI
+# workspace) does not.
+LOCK := requirements-dev.txt
+INSTALLED := $(VENV)/.installed-$(shell cat $(LOCK) pyproject.toml .python-version | sha256sum | cut -c1-16)
 
 $(INSTALLED):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements-dev.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed*
 	touch $@
 
-install: $(INSTALLED) ## create .venv with the pipeline and dev requirements
+install: $(INSTALLED) ## create .venv from the development lock (pipeline, app and dev tools)
+
+lock: install ## re-lock after editing a requirements*.in (UPGRADE=1: newest versions the inputs allow)
+	$(BIN)/python -m pneumonia.locks compile $(if $(UPGRADE),--upgrade)
 
 system-deps: ## Debian packages from .ci/apt-packages.txt (chromium for the browser test...), as root
 	@if [ -n "$(SKIP_SYSTEM_DEPS)" ]; then exit 0; fi; \
@@ -77,10 +82,17 @@ test-fast: install ## tests without the slow end-to-end ones
 rehearsal: install system-deps ## the workflows executed with act against local stand-ins (docs/operations.md)
 	$(BIN)/pytest tests/workflows $(PYTEST_ARGS)
 
-lint: install ## ruff (lint, format check) and zizmor (workflow security: no medium/high finding)
+lint: install ## ruff, zizmor (workflow security) and the locks against their inputs
 	$(BIN)/ruff check src tests django_app bench conftest.py
 	$(BIN)/ruff format --check src tests django_app bench conftest.py
 	$(BIN)/zizmor --offline --min-severity medium .github/
+	$(BIN)/python -m pneumonia.locks check
+
+# pip-audit asks OSV (api.osv.dev) about each locked version: the ci workflow runs it. Machines
+# that reach only the package index cannot; OSV_URL points it at another OSV query endpoint.
+audit: install ## known vulnerabilities in the locked packages (pip-audit against OSV; OSV_URL=...)
+	$(BIN)/pip-audit --strict --progress-spinner off --vulnerability-service osv \
+	  $(if $(OSV_URL),--osv-url $(OSV_URL)) --require-hashes --disable-pip -r $(LOCK)
 
 format: install ## ruff: fix imports and format
 	$(BIN)/ruff check --fix src tests django_app

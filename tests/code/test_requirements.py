@@ -1,5 +1,5 @@
 """Declared where used: every third-party package the pipeline's code imports (src/pneumonia)
-is named in requirements.txt, the pipeline's own requirements (not only in the app's)."""
+is named in requirements.in, the pipeline's own requirements (not only in the app's)."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def test_every_package_the_pipeline_imports_is_in_requirements_txt():
-    lines = (REPO / "requirements.txt").read_text().splitlines()
+def test_every_package_the_pipeline_imports_is_in_requirements_in():
+    lines = (REPO / "requirements.in").read_text().splitlines()
     declared = {
         normalized(re.split(r"[\s\[<>=~!;#]", line.strip(), maxsplit=1)[0])
         for line in lines
@@ -46,5 +46,5 @@ def test_every_package_the_pipeline_imports_is_in_requirements_txt():
         for module, files in imported_packages().items()
         if not {normalized(d) for d in distributions.get(module, [module])} & declared
     }
-    assert not missing, f"imported by src/pneumonia but not in requirements.txt: {missing}"
+    assert not missing, f"imported by src/pneumonia but not in requirements.in: {missing}"
     assert "pydicom" in imported_packages()  # the case that was missing: serving reads DICOM

@@ -262,6 +262,29 @@ def test_app_change_deploys_the_app_with_the_current_model(repo, tmp_path):
     assert "django_app/Procfile" in outputs["summary"]
 
 
+def test_a_lock_update_passes_as_model_unchanged_and_ships_the_app_lock(repo, tmp_path):
+    """What a Dependabot pull request changes: the locks (and inputs). The gate passes it as
+    "model unchanged"; the pipeline's lock alone deploys nothing, the app's lock deploys the app
+    with the current model."""
+    branch(repo, "lock-update")
+    for name in ("requirements.in", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy2(REPO / name, repo / name)
+    commit(repo, "the pipeline's lock")
+    result, verdict = gate(repo)
+    assert result.returncode == 0 and verdict["passed"] is True
+    assert verdict["baseline"] == "model unchanged"
+    code, outputs, _ = plan(repo, tmp_path)
+    assert code == 0 and outputs["what"] == "none"
+    (repo / "django_app").mkdir(exist_ok=True)
+    shutil.copy2(REPO / "django_app/requirements.txt", repo / "django_app/requirements.txt")
+    commit(repo, "the app's lock")
+    result, verdict = gate(repo)
+    assert result.returncode == 0 and verdict["baseline"] == "model unchanged"
+    code, outputs, _ = plan(repo, tmp_path)
+    assert code == 0 and outputs["what"] == "app"
+    assert "django_app/requirements.txt" in outputs["summary"]
+
+
 def test_better_model_passes_with_the_paired_comparison(repo, monkeypatch):
     branch(repo, "better")
     t = threshold(repo)
