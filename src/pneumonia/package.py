@@ -28,7 +28,13 @@ from pneumonia.serving import sha256_file
 APP_DIR = config.ROOT / "django_app"
 # What goes into the slug besides the bundle: a change to one of these deploys the app.
 SERVING_MODULE = Path(__file__).with_name("serving.py")
-SLUG_SOURCES = ("django_app/", "src/pneumonia/serving.py", "src/pneumonia/package.py")
+PYTHON_VERSION_FILE = config.ROOT / ".python-version"  # Heroku's buildpack reads it at the root
+SLUG_SOURCES = (
+    "django_app/",
+    "src/pneumonia/serving.py",
+    "src/pneumonia/package.py",
+    ".python-version",
+)
 EXCLUDE = ("__pycache__", "*.pyc", "db.sqlite3", "staticfiles", "model", ".pytest_cache")
 
 
@@ -66,17 +72,22 @@ def package_app(app_dir: Path, bundle_dir: Path, out_dir: Path, commit: str | No
 
 def copy_app(app_dir: Path, out_dir: Path) -> None:
     """The app's code as it runs on a dyno: ``app_dir`` without local files, plus the serving
-    module in ``pneumonia/serving.py`` (a namespace package, as src/pneumonia is)."""
+    module in ``pneumonia/serving.py`` (a namespace package, as src/pneumonia is) and the
+    project's ``.python-version``."""
     shutil.copytree(app_dir, out_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*EXCLUDE))
+    shutil.copy2(PYTHON_VERSION_FILE, out_dir / ".python-version")
     (out_dir / "pneumonia").mkdir(exist_ok=True)
     shutil.copy2(SERVING_MODULE, out_dir / "pneumonia" / "serving.py")
 
 
 def app_venv(app_dir: Path = APP_DIR, cache: Path | None = None) -> Path:
-    """A virtual environment with only the app's requirements (what Heroku's Python buildpack
-    installs), cached under ``.cache/`` by the hash of the requirements file."""
+    """A virtual environment with only the app's lock (what Heroku's Python buildpack installs:
+    ``requirements.txt``, hashes checked), cached under ``.cache/`` by the hash of the lock.
+    Fails when what got installed differs from the lock."""
     import hashlib
     import subprocess
+
+    from pneumonia.locks import installed_differences
 
     requirements = app_dir / "requirements.txt"
     key = hashlib.sha256(requirements.read_bytes() + sys.version.encode()).hexdigest()[:12]
@@ -84,9 +95,11 @@ def app_venv(app_dir: Path = APP_DIR, cache: Path | None = None) -> Path:
     if not (venv / ".complete").exists():
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", "-r", str(requirements)], check=True
-        )
+        pip = [str(venv / "bin" / "pip"), "install", "-q", "--require-hashes"]
+        subprocess.run([*pip, "-r", str(requirements)], check=True)
+        differences = installed_differences(requirements, str(venv / "bin" / "python"))
+        if differences:
+            raise PackageError(f"{venv} differs from {requirements}: {differences}")
         (venv / ".complete").touch()
     return venv
 

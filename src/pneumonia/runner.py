@@ -3,8 +3,8 @@ that CML starts for this one run.
 
     python -m pneumonia.runner --runner cpu|self-hosted-gpu|cloud-gpu
 
-Writes ``labels`` (the JSON list the training job's ``runs-on`` takes) and ``torch`` (``cpu`` or
-``cuda``: which PyTorch wheels the setup action installs) to ``$GITHUB_OUTPUT``. For
+Writes ``labels`` (the JSON list the training job's ``runs-on`` takes) to ``$GITHUB_OUTPUT``;
+every runner installs the same lock (PyPI's torch runs on CPUs and GPUs alike). For
 ``cloud-gpu`` it first runs ``cml runner launch``: an instance registers as a runner with a
 label unique to this run, takes the training job (``--single``) and is terminated after it.
 That needs the secrets ``CML_REPO_TOKEN`` (a token that may register runners) and the cloud's
@@ -44,16 +44,15 @@ class RunnerError(RuntimeError):
 @dataclass(frozen=True)
 class Choice:
     labels: list[str]
-    torch: str  # cpu | cuda
     launch: list[str] | None = None  # the cml command that starts the runner first
 
 
 def choose(runner: str, env: Mapping[str, str]) -> Choice:
-    """The labels, wheels and (for ``cloud-gpu``) launch command for ``runner``."""
+    """The labels and (for ``cloud-gpu``) launch command for ``runner``."""
     if runner == "cpu":
-        return Choice(CPU_LABELS, "cpu")
+        return Choice(CPU_LABELS)
     if runner == "self-hosted-gpu":
-        return Choice(SELF_HOSTED_GPU_LABELS, "cuda")
+        return Choice(SELF_HOSTED_GPU_LABELS)
     if runner != "cloud-gpu":
         raise RunnerError(f"unknown runner {runner!r}: cpu, self-hosted-gpu or cloud-gpu")
     settings = {k: env.get(k) or default for k, default in CLOUD_SETTINGS.items()}
@@ -81,7 +80,7 @@ def choose(runner: str, env: Mapping[str, str]) -> Choice:
     ]
     if settings["CML_CLOUD_SPOT"] == "true":
         launch.append("--cloud-spot")
-    return Choice(["self-hosted", label], "cuda", launch)
+    return Choice(["self-hosted", label], launch)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
         return 1
-    outputs = {"labels": json.dumps(choice.labels), "torch": choice.torch}
-    lines = "".join(f"{key}={value}\n" for key, value in outputs.items())
+    labels = json.dumps(choice.labels)
     if os.environ.get("GITHUB_OUTPUT"):
         with open(os.environ["GITHUB_OUTPUT"], "a") as f:
-            f.write(lines)
-    print(f"runner: {args.runner}: runs-on {outputs['labels']}, {choice.torch} wheels")
+            f.write(f"labels={labels}\n")
+    print(f"runner: {args.runner}: runs-on {labels}")
     return 0
 
 

@@ -25,15 +25,15 @@ CLOUD_SECRETS = {
 
 
 def test_cpu_and_self_hosted_gpu_need_nothing_started():
-    assert choose("cpu", {}) == runner.Choice(["ubuntu-24.04"], "cpu")
+    assert choose("cpu", {}) == runner.Choice(["ubuntu-24.04"])
     gpu = choose("self-hosted-gpu", {})
     assert "gpu" in gpu.labels and "self-hosted" in gpu.labels
-    assert gpu.torch == "cuda" and gpu.launch is None
+    assert gpu.launch is None
 
 
 def test_cloud_gpu_launches_one_single_job_runner_with_a_label_of_this_run():
     choice = choose("cloud-gpu", {**CLOUD_SECRETS, "CML_CLOUD_TYPE": "g4dn.xlarge"})
-    assert choice.labels == ["self-hosted", "cml-gpu-4242-2"] and choice.torch == "cuda"
+    assert choice.labels == ["self-hosted", "cml-gpu-4242-2"]
     assert choice.launch[:3] == ["cml", "runner", "launch"]
     assert "--labels=cml-gpu-4242-2" in choice.launch and "--single" in choice.launch
     assert "--cloud-type=g4dn.xlarge" in choice.launch  # a repository variable overrides
@@ -72,7 +72,7 @@ def outputs(tmp_path) -> dict[str, str]:
 def test_the_command_writes_the_job_outputs(tmp_path):
     result = run_runner(tmp_path, "cpu", {"PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
-    assert outputs(tmp_path) == {"labels": '["ubuntu-24.04"]', "torch": "cpu"}
+    assert outputs(tmp_path) == {"labels": '["ubuntu-24.04"]'}
 
 
 def fake_cml(tmp_path, exit_code: int):

@@ -167,11 +167,31 @@ def test_retrain_trains_on_the_runner_the_runner_job_chose():
     assert jobs["retrain"]["needs"] == "runner"
     assert jobs["retrain"]["runs-on"] == "${{ fromJSON(needs.runner.outputs.labels) }}"
     setup = next(s for s in jobs["retrain"]["steps"] if s.get("uses") == "./.github/actions/setup")
-    assert setup["with"]["torch"] == "${{ needs.runner.outputs.torch }}"
+    assert "with" not in setup  # one lock for every runner, CPU or GPU
     for option in load(REPO / ".github/workflows/retrain.yml")["on"]["workflow_dispatch"]["inputs"][
         "runner"
     ]["options"]:
         assert pneumonia_runner.choose(option, CLOUD_ENV).labels  # every option is handled
+
+
+def test_the_setup_action_installs_the_lock_with_the_python_of_python_version():
+    steps = load(REPO / ".github/actions/setup/action.yml")["runs"]["steps"]
+    python = steps[0]["with"]
+    assert python["python-version-file"] == ".python-version" and "python-version" not in python
+    assert python["cache-dependency-path"] == "requirements-dev.txt"  # the lock, not the inputs
+    install = next(s for s in steps if s.get("name", "").startswith("Install"))
+    assert install["run"].strip() == "make install" and "env" not in install  # no extra index
+    makefile = (REPO / "Makefile").read_text()
+    assert "LOCK := requirements-dev.txt" in makefile
+    assert "pip install -q --require-hashes --no-deps -r $(LOCK)" in makefile
+    assert "PYTHON ?= python$(shell cat .python-version)" in makefile
+
+
+def test_ci_audits_the_locks_for_known_vulnerabilities():
+    steps = load(REPO / ".github/workflows/ci.yml")["jobs"]["test"]["steps"]
+    runs = [s.get("run", "") for s in steps]
+    assert runs.index("make lint") < runs.index("make audit") < runs.index("make test")
+    assert "pip-audit --strict" in (REPO / "Makefile").read_text()  # a package not audited fails
 
 
 def test_deploys_never_overlap_and_follow_what_is_served():

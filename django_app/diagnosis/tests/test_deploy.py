@@ -1,6 +1,6 @@
-"""The app as it runs in production: its own venv from django_app/requirements.txt, packaged
-with a bundle, booted with the Procfile's commands and PORT, on PostgreSQL; then driven over
-HTTP and by a real browser (Debian's chromium). Also: the whole app suite on SQLite."""
+"""The app as it runs in production: its own venv from the app's lock (django_app/requirements.txt),
+packaged with a bundle, booted with the Procfile's commands and PORT, on PostgreSQL; then driven
+over HTTP and by a real browser (Debian's chromium). Also: the whole app suite on SQLite."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from diagnosis.tests.running import (
     multipart_image,
     running_app,
 )
+from pneumonia.locks import installed_differences, parse_lock
 from pneumonia.package import package_app
 from tests.conftest import run
 from tests.postgres import database_url
@@ -53,6 +54,21 @@ def test_heroku_venv_has_no_torch(heroku_venv):
         subprocess.run([str(heroku_venv / "bin" / "python"), "-c", "import onnxruntime"]).returncode
         == 0
     )
+
+
+def test_the_slug_installs_exactly_the_app_lock(heroku_venv):
+    lock = APP / "requirements.txt"
+    python = str(heroku_venv / "bin" / "python")
+    assert installed_differences(lock, python) == []
+    assert {"django", "onnxruntime", "gunicorn"} <= parse_lock(lock.read_text()).keys()
+
+
+def test_the_slug_is_packaged_with_the_projects_python_version(bundle_dir, tmp_path):
+    package_app(APP, bundle_dir, tmp_path / "slug")
+    assert (tmp_path / "slug" / ".python-version").read_text() == (
+        REPO / ".python-version"
+    ).read_text()
+    assert not (APP / ".python-version").exists()  # one file, read by make, CI and Heroku
 
 
 def test_booted_app_serves_the_packaged_model(heroku_app, bundle_dir):
