@@ -877,7 +877,9 @@ def test_consented_feedback_reaches_the_next_model_through_the_drift_issue(
 
     code, log = drift_check(rehearsal, fake)
     assert code == 0, log[-6000:]
-    (issue,) = [i for i in github.issues if i.title == "Model drift" and i.state == "open"]
+    open_issues = [i for i in github.issues if i.title == "Model drift" and i.state == "open"]
+    assert len(open_issues) == 1, log[-3000:]
+    (issue,) = open_issues
     assert "**50 consented, labelled cases are ready for retraining**" in issue.body
 
     out = rehearsal.work / "feedback-exports"
