@@ -9,7 +9,15 @@ from django.db.models import Q
 from django.http import HttpResponse
 
 from diagnosis.export import export_to_zip
-from diagnosis.models import ApiToken, DatasetExport, Feedback, Prediction, Refusal
+from diagnosis.models import (
+    ApiToken,
+    DatasetExport,
+    DicomInstance,
+    Feedback,
+    PacsSite,
+    Prediction,
+    Refusal,
+)
 from diagnosis.storage import StorageUnavailable
 
 admin.site.site_header = "Pneumonia X-ray check: staff"
@@ -52,6 +60,23 @@ class RefusalAdmin(ReadOnly):
     list_display = ("id", "created_at", "user", "reason", "model_version", "source")
     list_filter = ("reason", "source", "model_version", "created_at")
     search_fields = ("user__username", "image_sha256")
+    date_hierarchy = "created_at"
+
+
+@admin.register(PacsSite)
+class PacsSiteAdmin(ReadOnly):
+    """Sites are added with `manage.py add_pacs_site` (it issues the token); the admin shows
+    them, never the Authorization header the PACS expects."""
+
+    list_display = ("name", "user", "dicomweb_url", "orthanc_url", "changes_seen")
+    exclude = ("authorization",)
+
+
+@admin.register(DicomInstance)
+class DicomInstanceAdmin(ReadOnly):
+    list_display = ("id", "created_at", "site", "outcome", "reason", "result_stored_at")
+    list_filter = ("outcome", "site", "created_at")
+    search_fields = ("sop_instance_uid", "study_instance_uid")
     date_hierarchy = "created_at"
 
 

@@ -1,5 +1,6 @@
-"""What the app stores: predictions (never the image), clinicians' feedback, API tokens and the
-record of each export of consented images to the training dataset."""
+"""What the app stores: predictions (never the image), clinicians' feedback, API tokens, the
+record of each export of consented images to the training dataset, and the PACS sites with the
+DICOM instances they sent (by UID: never a patient's name, ID or birth date)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ class Upload(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="%(class)ss"
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    source = models.CharField(max_length=8, choices=[("web", "web"), ("api", "api")])
+    source = models.CharField(
+        max_length=8, choices=[("web", "web"), ("api", "api"), ("pacs", "pacs")]
+    )
     model_version = models.CharField(max_length=64)
     image_sha256 = models.CharField(
         max_length=64, db_index=True, help_text="sha256 of the uploaded file's bytes"
@@ -208,3 +211,78 @@ class HeldItem(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} until {self.expires:%Y-%m-%d %H:%M:%S}"
+
+
+class PacsSite(models.Model):
+    """A hospital's PACS: its account (whose API tokens authenticate its STOW-RS pushes, and to
+    which its predictions belong), the DICOMweb service results are stored back to, and, for
+    the pull worker, the Orthanc REST root whose change feed it follows."""
+
+    name = models.SlugField(max_length=50, unique=True)
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="pacs_site"
+    )
+    dicomweb_url = models.URLField(
+        help_text="the PACS's DICOMweb root (STOW-RS results go to <root>/studies)"
+    )
+    orthanc_url = models.URLField(
+        blank=True, help_text="Orthanc's REST root, for `manage.py pacs_worker` (/changes)"
+    )
+    authorization = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="the Authorization header the PACS expects (e.g. 'Basic ...'), if any",
+    )
+    changes_seen = models.BigIntegerField(
+        default=0, help_text="the last change of the PACS's feed the worker has dealt with"
+    )
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DicomInstance(models.Model):
+    """One DICOM instance a PACS sent or the worker fetched, once per SOP Instance UID: what
+    became of it and the result object stored back. UIDs only: the patient's identifiers stay
+    in the hospital's systems."""
+
+    CLASSIFIED, REFUSED, SKIPPED, UNREADABLE = "classified", "refused", "skipped", "unreadable"
+    OUTCOMES = [(o, o) for o in (CLASSIFIED, REFUSED, SKIPPED, UNREADABLE)]
+
+    site = models.ForeignKey(PacsSite, on_delete=models.PROTECT, related_name="instances")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    sop_instance_uid = models.CharField(max_length=64)
+    sop_class_uid = models.CharField(max_length=64)
+    study_instance_uid = models.CharField(max_length=64)
+    series_instance_uid = models.CharField(max_length=64)
+    outcome = models.CharField(max_length=12, choices=OUTCOMES)
+    reason = models.CharField(max_length=300, blank=True)
+    prediction = models.OneToOneField(
+        Prediction, null=True, blank=True, on_delete=models.SET_NULL, related_name="dicom"
+    )
+    refusal = models.OneToOneField(
+        Refusal, null=True, blank=True, on_delete=models.SET_NULL, related_name="dicom"
+    )
+    result_series_uid = models.CharField(max_length=64, blank=True)
+    result_sop_instance_uid = models.CharField(
+        max_length=64, blank=True, db_index=True, help_text="the Secondary Capture made of it"
+    )
+    result_stored_at = models.DateTimeField(
+        null=True, blank=True, help_text="when the PACS acknowledged the result object"
+    )
+    result_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "sop_instance_uid"], name="one_record_per_instance"
+            )
+        ]
+
+    @property
+    def result_pending(self) -> bool:
+        return bool(self.result_sop_instance_uid) and self.result_stored_at is None
+
+    def __str__(self) -> str:
+        return f"{self.sop_instance_uid}: {self.outcome}"

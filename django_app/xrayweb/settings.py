@@ -164,6 +164,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 
 # Uploads: at most 10 MB, kept in memory only (never written to a temporary file).
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+# A PACS's STOW-RS request: within the same bound, at most this many instances (diagnosis.pacs
+# reads one at a time; the bound on the body is the bound on memory).
+DICOMWEB_MAX_INSTANCES = 20
 REQUEST_BODY_SECONDS = 120  # a body still arriving after this is refused (408): xrayweb.asgi
 # A body larger than this is read only for a signed-in user or a valid API token (401 before
 # reading otherwise): anonymous clients cannot make the workers buffer uploads.

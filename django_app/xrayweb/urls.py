@@ -1,5 +1,5 @@
 from diagnosis.accounts import ThrottledLoginView, ThrottledPasswordChangeView, admin_login
-from diagnosis.views import api, errors, pages
+from diagnosis.views import api, dicomweb, errors, pages
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
@@ -25,6 +25,8 @@ urlpatterns = [
     path("api/v1/predictions/<int:pk>/feedback", api.api_feedback, name="api_feedback"),
     path("api/v1/heatmaps/<str:token>.jpg", api.heatmap, name="heatmap"),
     path("api/v1/drift", api.api_drift, name="api_drift"),
+    path("dicomweb/studies", dicomweb.stow, name="stow"),
+    path("dicomweb/studies/<str:study>", dicomweb.stow, name="stow_study"),
 ]
 
 handler400 = errors.bad_request

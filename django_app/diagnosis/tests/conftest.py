@@ -117,6 +117,15 @@ def feedback_storage(settings, tmp_path):
     return tmp_path / "feedback-images"
 
 
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real PACS (tests/orthanc.py), shared by the tests of the DICOMweb paths."""
+    from tests.orthanc import running_orthanc
+
+    with running_orthanc(tmp_path_factory.mktemp("pacs")) as server:
+        yield server
+
+
 from tests.conftest import s3_server  # noqa: E402,F401,F811  (a real S3 endpoint: moto_server)
 
 

@@ -134,6 +134,7 @@ def running_app(venv: Path, bundle_dir: Path, workdir: Path) -> Iterator[dict]:
             "staff_token": tokens["monitor"],
             "metrics_dir": Path(env["PROMETHEUS_MULTIPROC_DIR"]),
             "database": database,
+            "env": env,  # what manage.py needs beside the running app
             "boot_seconds": time.monotonic() - started,
         }
     finally:

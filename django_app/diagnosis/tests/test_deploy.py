@@ -99,6 +99,50 @@ def test_real_prediction_over_http(heroku_app, samples):
     assert refused.value.code == 401
 
 
+def test_a_pacs_pushes_a_study_to_the_booted_app_and_finds_the_answer_in_it(
+    heroku_app, orthanc, samples
+):
+    """Production's path for a PACS: Orthanc's STOW-RS client with its defaults (a chunked
+    body) to the slug under gunicorn and uvicorn, which stores its answer back in the study;
+    the dyno's log names no patient."""
+    import io
+
+    import pydicom
+
+    from tests.orthanc import PATIENT, radiograph
+
+    made = subprocess.run(
+        ["python", "manage.py", "add_pacs_site", "slug-pacs", "--dicomweb-url", orthanc.dicomweb],
+        cwd=heroku_app["build"],
+        env=heroku_app["env"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = re.search(r"shown once\): (\S+)", made.stdout)[1]
+    source = radiograph(samples[3])
+    stored = orthanc.store(source)
+    orthanc.request(
+        "PUT",
+        "dicom-web/servers/slug",
+        {
+            "Url": f"{heroku_app['url']}/dicomweb/",
+            "HttpHeaders": {"Authorization": f"Bearer {token}"},
+        },
+    )
+    orthanc.request("POST", "dicom-web/servers/slug/stow", {"Resources": [stored["ParentStudy"]]})
+    series = orthanc.request("GET", f"studies/{stored['ParentStudy']}")["Series"]
+    found = {}
+    for uid in series:
+        tags = orthanc.request("GET", f"series/{uid}")["MainDicomTags"]
+        found[tags["Modality"]] = tags.get("SeriesDescription", "")
+    assert found.keys() == {"CR", "OT"} and "not a diagnosis" in found["OT"]
+    study = pydicom.dcmread(io.BytesIO(source), stop_before_pixels=True).StudyInstanceUID
+    log = (heroku_app["build"] / "web.log").read_text()
+    assert "/dicomweb/studies" in log  # the request was logged, and nothing of the patient
+    assert not [v for v in [*PATIENT.values(), study] if len(v) > 1 and v in log]
+
+
 def test_browser_upload_shows_label_and_heatmap(heroku_app, samples):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is needed: `make system-deps` (apt-get install chromium)")
