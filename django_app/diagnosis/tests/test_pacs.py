@@ -229,7 +229,7 @@ def test_a_result_the_pacs_could_not_take_is_stored_by_the_next_resend(site, ort
 
 
 def test_hostile_stow_requests_get_clear_answers(site, clinician, settings, xrays):
-    _, token = site
+    pacs_site, token = site
     good = radiograph(xrays[0])
     body, content_type = dicomweb.join_related([good])
     anonymous = Client().post("/dicomweb/studies", body, content_type=content_type)
@@ -240,6 +240,12 @@ def test_hostile_stow_requests_get_clear_answers(site, clinician, settings, xray
         "/dicomweb/studies", {"image": io.BytesIO(good)}
     )
     assert form.status_code == 415 and "multipart/related" in form.json()["error"]["message"]
+    out = io.StringIO()
+    call_command("add_pacs_site", pacs_site.name, "--new-token", stdout=out)
+    renewed = re.search(r"shown once\): (\S+)", out.getvalue())[1]
+    pacs_site.user.api_tokens.get(hint=token[:10]).revoke()
+    assert stow(token, [good]).status_code == 401  # revoked in the admin
+    token = renewed
 
     settings.DICOMWEB_MAX_INSTANCES = 2
     many = stow(token, [good] * 3)

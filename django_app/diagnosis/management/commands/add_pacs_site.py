@@ -6,7 +6,8 @@ Orthanc REST root whose change feed it follows (from its current end: new studie
 archive). Prints the site's API token once: the PACS sends
 it as 'Authorization: Bearer <token>' with its STOW-RS requests. --authorization-stdin reads the
 Authorization header the PACS expects from the app (e.g. 'Basic ...') from stdin, never from the
-command line.
+command line. --new-token issues another token for an existing site (revoke the old one in
+the admin).
 """
 
 from __future__ import annotations
@@ -26,11 +27,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="a short name: letters, digits, - and _")
-        parser.add_argument("--dicomweb-url", required=True)
+        parser.add_argument("--dicomweb-url", default="")
+        parser.add_argument("--new-token", action="store_true")
         parser.add_argument("--orthanc-url", default="")
         parser.add_argument("--authorization-stdin", action="store_true")
 
-    def handle(self, *args, name, dicomweb_url, orthanc_url, authorization_stdin, **options):
+    def handle(
+        self, *args, name, dicomweb_url, orthanc_url, authorization_stdin, new_token, **options
+    ):
+        if new_token:
+            site = PacsSite.objects.filter(name=name).first()
+            if site is None:
+                raise CommandError(f"No PACS site {name!r}.")
+            _, raw = ApiToken.issue(site.user, f"PACS {name}")
+            self.stdout.write(f"API token (shown once): {raw}")
+            return
+        if not dicomweb_url:
+            raise CommandError("Name the PACS's DICOMweb root: --dicomweb-url URL.")
         authorization = sys.stdin.readline().strip() if authorization_stdin else ""
         User = get_user_model()
         username = f"pacs-{name}"
