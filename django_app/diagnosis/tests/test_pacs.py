@@ -316,11 +316,17 @@ def test_a_worker_killed_mid_batch_resumes_losing_and_repeating_nothing(
     for data in batch:
         orthanc.store(data)
     database = connection.settings_dict
+    if connection.vendor == "sqlite":  # the app suite also runs on SQLite (test_deploy.py)
+        url = f"sqlite:///{database['NAME']}"
+    else:
+        url = (
+            f"postgres://{database['USER']}:{database['PASSWORD'] or ''}@"
+            f"{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}/{database['NAME']}"
+        )
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "diagnosis.tests.settings",
-        "DATABASE_URL": f"postgres://{database['USER']}:{database['PASSWORD'] or ''}@"
-        f"{database['HOST'] or '127.0.0.1'}:{database['PORT'] or 5432}/{database['NAME']}",
+        "DATABASE_URL": url,
         "MODEL_DIR": str(bundle_dir),
         "PYTHONPATH": f"{APP.parent}{os.pathsep}{APP}",
     }
