@@ -80,6 +80,18 @@ def route_of(request) -> str:
     return match.route if match is not None and match.route else "unmatched"
 
 
+def count_prediction(prediction) -> None:
+    """A recorded prediction, by its source and traffic; the distributions drift is read from
+    count clinicians' (real) predictions only."""
+    traffic = "synthetic" if prediction.synthetic else "real"
+    version = prediction.model_version
+    PREDICTIONS.labels(prediction.label, version, prediction.source, traffic).inc()
+    if not prediction.synthetic:
+        PROBABILITY.labels(version).observe(prediction.probability)
+        if prediction.guard_distance is not None:
+            GUARD_DISTANCE.labels(version).observe(prediction.guard_distance)
+
+
 def count_refusal(code: str, guard_reason: str | None = None) -> None:
     if guard_reason is not None:
         REFUSALS.labels("guard", guard_reason).inc()

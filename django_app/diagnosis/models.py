@@ -75,6 +75,20 @@ class Prediction(Upload):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["user", "-created_at"])]
 
+    @classmethod
+    def record(cls, result, model_sha256: str, **upload) -> Prediction:
+        """Store the model's ``result`` (``inference.Result``) for an upload's ``upload`` fields."""
+        return cls.objects.create(
+            model_sha256=model_sha256,
+            label=result.label,
+            probability=result.probability,
+            threshold=result.threshold,
+            guard_distance=result.guard_distance,
+            brightness=result.brightness,
+            contrast=result.contrast,
+            **upload,
+        )
+
     def __str__(self) -> str:
         return f"#{self.pk} {self.label} {self.probability:.3f} ({self.created_at:%Y-%m-%d %H:%M})"
 

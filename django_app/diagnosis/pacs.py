@@ -193,23 +193,11 @@ def _classify(site: PacsSite, header, data: bytes) -> tuple[DicomInstance, Resul
         metrics.count_refusal("not_a_chest_xray", exc.reason)
         return record, None
     with transaction.atomic():
-        prediction = Prediction.objects.create(
-            model_sha256=model.sha256,
-            label=result.label,
-            probability=result.probability,
-            threshold=result.threshold,
-            guard_distance=result.guard_distance,
-            brightness=result.brightness,
-            contrast=result.contrast,
-            **upload,
-        )
+        prediction = Prediction.record(result, model.sha256, **upload)
         record = DicomInstance.objects.create(
             outcome=DicomInstance.CLASSIFIED, prediction=prediction, **fields, **results
         )
-    metrics.PREDICTIONS.labels(result.label, model.version, "pacs", "real").inc()
-    metrics.PROBABILITY.labels(model.version).observe(result.probability)
-    if result.guard_distance is not None:
-        metrics.GUARD_DISTANCE.labels(model.version).observe(result.guard_distance)
+    metrics.count_prediction(prediction)
     return record, result
 
 

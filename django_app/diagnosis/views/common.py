@@ -44,14 +44,7 @@ def predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predictio
     except UploadError as exc:
         metrics.count_refusal(exc.code, exc.refusal.reason if exc.refusal else None)
         raise
-    traffic = "synthetic" if prediction.synthetic else "real"
-    metrics.PREDICTIONS.labels(prediction.label, prediction.model_version, source, traffic).inc()
-    if not prediction.synthetic:  # the distributions drift is read from: clinicians' only
-        metrics.PROBABILITY.labels(prediction.model_version).observe(prediction.probability)
-        if prediction.guard_distance is not None:
-            metrics.GUARD_DISTANCE.labels(prediction.model_version).observe(
-                prediction.guard_distance
-            )
+    metrics.count_prediction(prediction)
     return result, prediction
 
 
@@ -106,16 +99,7 @@ def _predict_upload(request: HttpRequest, source: str) -> tuple[Result, Predicti
         refusal = Refusal.objects.create(reason=exc.reason, **upload_fields)
         logger.info("refused: %s model=%s", exc.reason, model.version)
         raise UploadError(422, "not_a_chest_xray", str(exc), refusal) from None
-    prediction = Prediction.objects.create(
-        model_sha256=model.sha256,
-        label=result.label,
-        probability=result.probability,
-        threshold=result.threshold,
-        guard_distance=result.guard_distance,
-        brightness=result.brightness,
-        contrast=result.contrast,
-        **upload_fields,
-    )
+    prediction = Prediction.record(result, model.sha256, **upload_fields)
     hold_image(prediction, result.original_png)  # metadata-free, for consent within the hour
     # Log the outcome only: no file name, no image, nothing that could identify a patient.
     logger.info("prediction %s p=%.3f model=%s", result.label, result.probability, model.version)
