@@ -192,6 +192,17 @@ def test_inference_and_web_benchmarks_run(tmp_path):
     assert "inflates to more than" in memory.stdout and "(bound 300 MB)" in memory.stdout
 
 
+def test_pacs_benchmark_finds_every_result_in_orthanc(tmp_path):
+    """bench.pacs with the real Orthanc and the packaged app: each row's studies all answered."""
+    bundle = make_bundle(calibrated_model(64), 64, tmp_path / "bundle", METRICS, guard=True)
+    command = [sys.executable, "-m", "bench.pacs", "--quick", "--bundle", str(bundle)]
+    done = run(command, REPO, tool_env(BENCH_SIDE="512"))
+    rows = re.findall(r"^\| ([^|]+) \| (\d+) \| (\d+) \| [\d.]+ \| [\d.]+ \|", done.stdout, re.M)
+    assert len(rows) == 7, done.stdout
+    assert all(int(n) == int(answered) == 4 for _, n, answered in rows), done.stdout
+    assert "pull, a running `pacs_worker --poll 0.5`, 4 stored at once" in done.stdout
+
+
 def test_quantization_benchmark_compares_the_operator_sets(tmp_path):
     model = calibrated_model(64)
     save_checkpoint(model, tmp_path / "model.pt", 64, "none")
