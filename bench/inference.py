@@ -10,7 +10,9 @@ thread per worker) and with its default threads. The float ONNX graph is exporte
 models/model.pt as the export stage does; the INT8 one is the served bundle when it is
 quantised (export.quantize: int8), else built here from 128 training images. Accuracy: every
 model on the prepared test split, with the bundle's calibration and threshold (chosen on
-validation). Prints Markdown tables.
+validation). Prints Markdown tables, with each row's work per second (GFLOP/s: torch's FLOP
+count of the model, which the INT8 graph does as multiply-adds too) and its share of the CPU's
+fp32 peak for its threads (bench/peak.py).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from pneumonia.quantize import calibration_sample, quantize_bundle
 from pneumonia.serving import Bundle, resize, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/inference.py`: bench.peak beside it
+    sys.path.insert(0, str(ROOT))
+from bench.peak import describe, model_flops, share, this_cpu  # noqa: E402
 
 
 def timed(call, runs: int, warmup: int) -> list[float]:
@@ -108,18 +113,28 @@ def main() -> int:
         with torch.no_grad():
             model(x_torch)
 
-    rows = [("torch eager (fp32, 2 threads)", timed(torch_call, runs, warmup))]
+    cpu = this_cpu()
+    rows = [("torch eager (fp32, 2 threads)", cpu.cores, timed(torch_call, runs, warmup))]
     for name, b in bundles.items():
         for threads, how in ((1, "1 thread (as served)"), (0, "default threads")):
             run = session(b.onnx_path, threads)
             call = lambda run=run: run.run(["logits"], {"image": x_onnx})  # noqa: E731
-            rows.append((f"{name}, {how}", timed(call, runs, warmup)))
-    print(f"Single {size} px image, model call only, {runs} runs after {warmup} warm-up.\n")
-    print("| runtime | median (ms) | p95 (ms) | vs torch eager |\n|---|---:|---:|---:|")
-    eager = statistics.median(rows[0][1])
-    for name, times in rows:
+            rows.append((f"{name}, {how}", threads or cpu.cores, timed(call, runs, warmup)))
+    flops = model_flops(model, size)
+    print(f"Single {size} px image, model call only, {runs} runs after {warmup} warm-up.")
+    print(f"{describe(cpu)}; the model is {flops / 1e9:.2f} GFLOP per image.\n")
+    print(
+        "| runtime | median (ms) | p95 (ms) | vs torch eager | GFLOP/s | share of fp32 peak |\n"
+        "|---|---:|---:|---:|---:|---:|"
+    )
+    eager = statistics.median(rows[0][2])
+    for name, threads, times in rows:
         median, p95 = statistics.median(times), float(np.percentile(times, 95))
-        print(f"| {name} | {median:.1f} | {p95:.1f} | {eager / median:.2f}x |")
+        achieved = flops / median / 1e6
+        print(
+            f"| {name} | {median:.1f} | {p95:.1f} | {eager / median:.2f}x | {achieved:.0f} "
+            f"| {share(achieved, cpu.peak_gflops(threads))} |"
+        )
 
     logits = {"torch eager (fp32)": predict_logits(model, test.images)}
     for name, b in bundles.items():

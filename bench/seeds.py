@@ -311,19 +311,21 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="train.KEY override (augment.mixup=0.2 for a nested one)",
+        help="train.KEY override (augment.mixup=0.2 for a nested one), or prepare.KEY (with "
+        "--data: prepare.image_size=128)",
     )
     args = parser.parse_args(argv)
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for override in args.set:
         key, value = override.split("=", 1)
-        *path, name = key.removeprefix("train.").split(".")
-        section = raw["train"]
+        stage = "prepare" if key.startswith("prepare.") else "train"
+        *path, name = key.removeprefix(f"{stage}.").split(".")
+        section = raw[stage]
         for part in path:
             section = section[part]
         if name not in section:
-            parser.error(f"--set {key}: train has no such parameter")
+            parser.error(f"--set {key}: {stage} has no such parameter")
         section[name] = yaml.safe_load(value)
     params = parse_params(raw)
     weights = str(args.weights) if args.weights else "none"
@@ -331,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch:
         folder = prepared_dir(args, params, Path(scratch))
+        side = load_split("val", folder).images.shape[-1]
+        if not args.quick and side != params.prepare.image_size:
+            parser.error(
+                f"{folder} holds {side} px images, not prepare.image_size "
+                f"{params.prepare.image_size}: give --data to prepare them at that size"
+            )
         jobs = [
             {
                 "seed": seed,
@@ -387,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "train": as_dict(train_params),
+                "prepare": as_dict(params.prepare),
                 "equalize": args.equalize,
                 "device": args.device,
                 "runs": runs,

@@ -12,9 +12,13 @@ resizing the batch's JPEGs (files of the shared dataset) at every step in the tr
 - data loader workers: the same decoding in 2 DataLoader worker processes, ahead of the step;
 - decoded cache: the prepare stage's uint8 arrays instead (what train.py reads);
 - channels_last, bf16 autocast (train.precision: bf16, or auto on a CPU with native bf16);
-- torch.compile (inductor) of the model, on top of the train stage's settings;
+- torch.compile (inductor) of the model, fp32 and bf16, with channels_last;
 - the thread count (1 instead of all cores), on the train stage's settings.
-bf16 autocast only pays off on CPUs with native bf16 (AVX512-BF16 or AMX).
+bf16 autocast only pays off on CPUs with native bf16 (AVX512-BF16 or AMX). Each row also says
+the work per second it reached (GFLOP/s, torch's FLOP count of the step) and its share of the
+CPU's fp32 peak (bench/peak.py). To see the AVX2 code paths on a CPU that has AVX-512, run it
+with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (oneDNN's convolutions and ATen's
+vectorised kernels; the share is then still of this CPU's clock and units).
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ from pneumonia.serving import resize
 from pneumonia.train import augment, native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/train_step.py`: bench.peak beside it
+    sys.path.insert(0, str(ROOT))
+from bench.peak import describe, model_flops, share, this_cpu  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ VARIANTS = {
     "+ decoded cache + channels_last + bf16 (train.precision: bf16)": Variant(
         bf16=True, channels_last=True
     ),
+    "+ torch.compile of the fp32 + channels_last step": Variant(channels_last=True, compile=True),
     "+ torch.compile of the bf16 + channels_last step": Variant(
         bf16=True, channels_last=True, compile=True
     ),
@@ -172,13 +180,21 @@ def main() -> int:
         f"train stage as configured (precision auto) is channels_last + "
         f"{'bf16' if stage.bf16 else 'fp32'} on this CPU.\n"
     )
-    print("| variant | s/step | images/s | vs baseline | first step (s) |")
-    print("|---|---:|---:|---:|---:|")
+    cpu = this_cpu()
+    flops = model_flops(build_model("none", "per_image"), args.size, train=True)
+    print(f"{describe(cpu)}; a train step is {flops / 1e9:.2f} GFLOP per image.\n")
+    print(
+        "| variant | s/step | images/s | vs baseline | GFLOP/s | share of fp32 peak "
+        "| first step (s) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, times in seconds.items():
         median = statistics.median(times)
+        achieved = args.batch * flops / median / 1e9
+        peak = cpu.peak_gflops(variants[name].threads or threads)
         print(
             f"| {name} | {median:.2f} | {args.batch / median:.1f} | {baseline / median:.2f}x "
-            f"| {first_step[name]:.1f} |"
+            f"| {achieved:.0f} | {share(achieved, peak)} | {first_step[name]:.1f} |"
         )
     return 0
 

@@ -36,8 +36,14 @@ def test_training_step_benchmark_runs():
     result = run([sys.executable, "bench/train_step.py", "--quick"], REPO, tool_env())
     assert "| baseline: fp32, decode JPEGs every step |" in result.stdout
     assert "1.00x |" in result.stdout and "native bf16:" in result.stdout
-    for row in ("data loader workers", "torch.compile", "1 thread"):
+    for row in ("data loader workers", "torch.compile of the fp32", "1 thread"):
         assert f"{row}" in result.stdout, row
+    assert "GFLOP/s fp32 peak" in result.stdout and re.search(
+        r"\| \d+% \| [\d.]+ \|$", result.stdout, re.M
+    )
+    peak = run([sys.executable, "-m", "bench.peak", "--sizes", "64"], REPO, tool_env())
+    assert re.search(r"^\| 1 \| \d+ \| \d+% \|$", peak.stdout, re.M), peak.stdout
+    assert "| 64 px |" in peak.stdout
 
 
 def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
@@ -171,6 +177,7 @@ def test_inference_and_web_benchmarks_run(tmp_path):
     assert "| torch eager (fp32, 2 threads) |" in inference.stdout
     assert "| onnxruntime float (served), 1 thread (as served) |" in inference.stdout
     assert "| onnxruntime INT8, 1 thread (as served) |" in inference.stdout
+    assert "GFLOP per image" in inference.stdout and "share of fp32 peak" in inference.stdout
     assert "| onnxruntime INT8 | " in inference.stdout  # its test accuracy
     profile = run(
         [sys.executable, "bench/request_profile.py", "--quick", "--bundle", str(bundle)],
