@@ -1,6 +1,6 @@
 """How far from the hardware a benchmark is: the CPU's fp32 peak and a model's FLOPs.
 
-    python -m bench.peak [--sizes 128 160 224]
+    python -m bench.peak [--sizes 128 160 224] [--images 3660 622]
 
 fp32 peak = physical cores x FMA units per core x fp32 lanes per unit x 2 (a fused
 multiply-add is two operations) x clock. The FMA units and their width are what the core
@@ -15,6 +15,8 @@ FLOPs are counted by torch (``torch.utils.flop_counter``: 2 per multiply-add of 
 convolutions and the matrix products, which are nearly all of a ResNet's work); a training step
 counts the backward pass too. An INT8 model does the same multiply-adds, so its "GFLOP/s" is
 the same work per second, compared with the fp32 peak as the issue that asked for it does.
+The train stage's work (params.yaml's epochs, each training image's step and each validation
+image's forward pass) divided by the peak is the least time any code could take on this CPU.
 """
 
 from __future__ import annotations
@@ -143,12 +145,29 @@ def describe(cpu: Cpu) -> str:
     )
 
 
+def job_floor(cpu: Cpu, model, size: int, epochs: int, train: int, val: int) -> tuple[float, float]:
+    """(TFLOP, minutes at the fp32 peak of all cores) of the train stage's epochs: each training
+    image's step and each validation image's forward pass, every epoch."""
+    work = epochs * (train * model_flops(model, size, True) + val * model_flops(model, size))
+    return work / 1e12, work / (cpu.peak_gflops() * 1e9) / 60
+
+
 def main() -> int:
     from pneumonia.model import build_model
+    from pneumonia.params import load as load_params
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 160, 224])
+    parser.add_argument(
+        "--images",
+        type=int,
+        nargs=2,
+        default=[3660, 622],
+        metavar=("TRAIN", "VAL"),
+        help="training and validation images (the shared data's split: 3,660 and 622)",
+    )
     args = parser.parse_args()
+    epochs = load_params().train.epochs
     cpu = this_cpu()
     print(describe(cpu) + "\n")
     print("| threads | SGEMM 2048 GFLOP/s | share of peak |")
@@ -157,11 +176,17 @@ def main() -> int:
         measured = sgemm_gflops(threads)
         print(f"| {threads} | {measured:.0f} | {share(measured, cpu.peak_gflops(threads))} |")
     model = build_model("none", "per_image")
-    print("\n| ResNet18 input | GFLOP per image, forward | GFLOP per image, train step |")
-    print("|---:|---:|---:|")
+    train, val = args.images
+    print(
+        f"\n| ResNet18 input | GFLOP per image, forward | GFLOP per image, train step | "
+        f"train stage: {epochs} epochs of {train:,} + {val:,} images, TFLOP | its minutes at "
+        f"this CPU's fp32 peak |"
+    )
+    print("|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         forward, step = model_flops(model, size) / 1e9, model_flops(model, size, True) / 1e9
-        print(f"| {size} px | {forward:.2f} | {step:.2f} |")
+        tflop, minutes = job_floor(cpu, model, size, epochs, train, val)
+        print(f"| {size} px | {forward:.2f} | {step:.2f} | {tflop:.0f} | {minutes:.1f} |")
     return 0
 
 

@@ -17,8 +17,8 @@ resizing the batch's JPEGs (files of the shared dataset) at every step in the tr
 bf16 autocast only pays off on CPUs with native bf16 (AVX512-BF16 or AMX). Each row also says
 the work per second it reached (GFLOP/s, torch's FLOP count of the step) and its share of the
 CPU's fp32 peak (bench/peak.py). To see the AVX2 code paths on a CPU that has AVX-512, run it
-with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (oneDNN's convolutions and ATen's
-vectorised kernels; the share is then still of this CPU's clock and units).
+with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 and --no-bf16 (oneDNN's convolutions and
+ATen's vectorised kernels; the share is then still of this CPU's clock and units).
 """
 
 from __future__ import annotations
@@ -140,6 +140,11 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per variant and round")
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile")
+    parser.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="leave out bf16 (with ONEDNN_MAX_CPU_ISA=AVX2 oneDNN has no fast bf16 kernel)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny and short: checks that it runs")
     args = parser.parse_args()
     if args.quick:
@@ -151,8 +156,12 @@ def main() -> int:
     aug = load_params().train.augment
     y = torch.tensor([i % 2 for i in range(args.batch)])
     threads = torch.get_num_threads()
-    stage = Variant(bf16=native_bf16(), channels_last=True)
-    variants = {name: v for name, v in VARIANTS.items() if not (v.compile and args.no_compile)}
+    stage = Variant(bf16=native_bf16() and not args.no_bf16, channels_last=True)
+    variants = {
+        name: v
+        for name, v in VARIANTS.items()
+        if not (v.compile and args.no_compile) and not (v.bf16 and args.no_bf16)
+    }
     variants[f"{STAGE} (channels_last, {'bf16' if stage.bf16 else 'fp32'}), 1 thread"] = Variant(
         bf16=stage.bf16, channels_last=True, threads=1
     )

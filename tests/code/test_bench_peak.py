@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.peak import Cpu, fma_units, model_flops, this_cpu
+from bench.peak import Cpu, fma_units, job_floor, model_flops, this_cpu
 from pneumonia.model import build_model
 
 AVX2 = {"fma", "avx", "avx2"}
@@ -47,3 +47,12 @@ def test_resnet18_flops_match_its_published_multiply_adds():
     step = model_flops(model, 224, train=True)
     assert 2.8 * forward < step < 3.1 * forward  # backward: about twice the forward
     assert model.training  # left as it was
+
+
+def test_job_floor_is_the_epochs_work_over_the_peak():
+    model = build_model("none", "per_image")
+    cpu = Cpu("x", cores=2, fma_units=2, lanes=8, ghz=2.5, isa="AVX2")  # 160 GFLOP/s
+    tflop, minutes = job_floor(cpu, model, 64, epochs=2, train=10, val=5)
+    work = 2 * (10 * model_flops(model, 64, True) + 5 * model_flops(model, 64))
+    assert tflop == pytest.approx(work / 1e12)
+    assert minutes == pytest.approx(work / 160e9 / 60)

@@ -41,6 +41,13 @@ def test_training_step_benchmark_runs():
     assert "GFLOP/s fp32 peak" in result.stdout and re.search(
         r"\| \d+% \| [\d.]+ \|$", result.stdout, re.M
     )
+    fp32 = run(
+        [sys.executable, "bench/train_step.py", "--quick", "--no-bf16", "--no-compile"],
+        REPO,
+        tool_env(),
+    )
+    variant_rows = [line for line in fp32.stdout.splitlines() if line.startswith("| ")]
+    assert len(variant_rows) > 3 and not any("bf16" in line for line in variant_rows)
     peak = run([sys.executable, "-m", "bench.peak", "--sizes", "64"], REPO, tool_env())
     assert re.search(r"^\| 1 \| \d+ \| \d+% \|$", peak.stdout, re.M), peak.stdout
     assert "| 64 px |" in peak.stdout
