@@ -37,8 +37,8 @@ from pathlib import Path
 
 import pydicom
 
+from bench.packaged_app import drop_database, packaged_app
 from pneumonia.config import SAMPLES_DIR as SAMPLES
-from pneumonia.package import APP_DIR, app_venv, package_app
 from tests.orthanc import radiograph, running_orthanc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,34 +174,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.studies = 4
-    import psycopg
-
     work = Path(tempfile.mkdtemp(prefix="pacs-bench-"))
     bundle = args.bundle or stand_in_bundle(work / "bundle")
     samples = sorted(SAMPLES.rglob("*.jpeg"))
-    venv = app_venv()
-    app = work / "app"
-    package_app(APP_DIR, bundle, app)
-    database = f"xray_bench_{secrets.token_hex(4)}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-        c.execute(f'CREATE DATABASE "{database}"')
-    from tests.conftest import free_port, stop
-
-    port = free_port()
-    env = {
-        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(work),
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SSL_REDIRECT": "0",
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-        "PROMETHEUS_MULTIPROC_DIR": str(work / "metrics"),
-    }
-    procfile = dict(line.split(": ", 1) for line in (app / "Procfile").read_text().splitlines())
-    for command in ("python manage.py collectstatic --noinput", procfile["release"]):
-        subprocess.run(["bash", "-c", command], cwd=app, env=env, check=True, capture_output=True)
+    booted = packaged_app(bundle, work, PROMETHEUS_MULTIPROC_DIR=str(work / "metrics"))
+    app, env, port, procfile = booted.dir, booted.env, booted.port, booted.procfile
+    from tests.conftest import stop
 
     def manage(*argv: str) -> str:
         done = subprocess.run(
@@ -401,8 +379,7 @@ def main() -> int:
         finally:
             stop(server)
             log.close()
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-        c.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    drop_database(booted.database)
 
     print(f"bundle: {'stand-in ResNet18 224 px, float, guard' if not args.bundle else bundle}")
     print(

@@ -31,9 +31,11 @@ import numpy as np
 import requests
 
 from pneumonia.config import SAMPLES_DIR as SAMPLES
-from pneumonia.package import APP_DIR, app_venv, package_app
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python bench/web.py`: bench.packaged_app beside it
+    sys.path.insert(0, str(ROOT))
+from bench.packaged_app import drop_database, packaged_app  # noqa: E402
 
 TOKEN = {"value": ""}  # the benchmark account's API token, set once the app is released
 
@@ -141,34 +143,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.predictions = 3, 20
-    import psycopg
-
     images = [multipart_image(p.read_bytes()) for p in sorted(SAMPLES.rglob("*.jpeg"))]
-    venv = app_venv()
     work = Path(tempfile.mkdtemp(prefix="web-bench-"))
-    app = work / "app"
-    package_app(APP_DIR, args.bundle, app)
-    database = f"xray_bench_{secrets.token_hex(4)}"
-    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{database}"')
-    with socket.socket() as probe:  # a port nothing listens on now
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {
-        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(work),
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DJANGO_SSL_REDIRECT": "0",
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{database}",
-        "PROMETHEUS_METRICS": "1" if args.metrics == "on" else "0",
-    }
-    procfile = dict(line.split(": ", 1) for line in (app / "Procfile").read_text().splitlines())
-    for command in ("python manage.py collectstatic --noinput", procfile["release"]):
-        subprocess.run(["bash", "-c", command], cwd=app, env=env, check=True, capture_output=True)
+    booted = packaged_app(
+        args.bundle, work, PROMETHEUS_METRICS="1" if args.metrics == "on" else "0"
+    )
+    app, venv, env, port, procfile = (
+        booted.dir,
+        booted.venv,
+        booted.env,
+        booted.port,
+        booted.procfile,
+    )
 
     def account(name: str, *extra: str) -> str:
         """An account made as the README tells staff to; its API token."""
@@ -256,8 +242,7 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=30)
         log.close()
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        drop_database(booted.database)
 
     refused = sum(s == 422 for s in statuses)  # the guard's answer to an image: not an error
     errors = sum(s not in (200, 422) for s in statuses)
