@@ -64,6 +64,8 @@ class TrainParams:
     input_norm: Literal["per_image", "fixed"]
     label_smoothing: float
     schedule: Literal["cosine", "constant"]
+    low_res_epochs: int
+    low_res_size: int
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     processes: int | Literal["auto"]
@@ -82,6 +84,13 @@ class TrainParams:
         _require(self.lr > 0, "train.lr", "> 0")
         _require(self.early_stopping_patience >= 1, "train.early_stopping_patience", ">= 1")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "in [0, 1)")
+        _require(
+            0 <= self.low_res_epochs < self.epochs,
+            "train.low_res_epochs",
+            f"in [0, train.epochs) (at least the last epoch at the served size), got "
+            f"{self.low_res_epochs} with train.epochs {self.epochs}",
+        )
+        _require(self.low_res_size >= 32, "train.low_res_size", "at least 32")
         self.augment.check()
 
 
@@ -181,6 +190,12 @@ class Params:
     def check(self) -> None:
         for section in dataclasses.fields(self):
             getattr(self, section.name).check()
+        _require(
+            self.train.low_res_epochs == 0 or self.train.low_res_size < self.prepare.image_size,
+            "train.low_res_size",
+            f"smaller than prepare.image_size ({self.prepare.image_size}) when "
+            "train.low_res_epochs > 0",
+        )
 
 
 def _require(ok: bool, key: str, what: str) -> None:

@@ -216,6 +216,14 @@ def resolve_loader_workers(workers: int | str, device_type: str, world: int) -> 
     return max(0, min(8, (os.cpu_count() or 1) // world - 1))
 
 
+def train_size(params: TrainParams, epoch: int, full_size: int) -> int:
+    """The side of epoch ``epoch``'s training images: ``low_res_size`` for the first
+    ``low_res_epochs`` epochs (progressive resizing: a third of the work per image at 128 px
+    against 224), ``full_size`` (the prepared, served size) after; validation is always at the
+    full size."""
+    return params.low_res_size if epoch <= params.low_res_epochs else full_size
+
+
 class AugmentedBatches(torch.utils.data.Dataset):
     """Item ``(epoch, b)``: this process's share of the b-th global batch of ``epoch``, augmented.
 
@@ -254,6 +262,10 @@ class AugmentedBatches(torch.utils.data.Dataset):
         seed = _mix(self.params.seed, epoch, b, self.processes.rank)
         x = torch.from_numpy(np.ascontiguousarray(self.images[idx])).float().div(255.0)
         x = augment(x.unsqueeze(1), self.params.augment, torch.Generator().manual_seed(seed))
+        side = train_size(self.params, epoch, x.shape[-1])
+        if side != x.shape[-1]:
+            # Antialiased, so that a low-resolution epoch sees what a downscaled X-ray shows.
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
         y = torch.from_numpy(self.labels[idx])
         # Its own stream, so that turning mixing on leaves the other augmentations as they were.
         rng = np.random.default_rng(_mix(seed, 1))
@@ -405,6 +417,7 @@ def train(
                 "val_loss": F.cross_entropy(val_logits, val_y, weight=weight).item(),
                 "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
                 "epoch_seconds": time.perf_counter() - started,
+                "train_image_size": train_size(params, epoch, train_split.images.shape[-1]),
             }
             on_epoch(record, model)
             print(

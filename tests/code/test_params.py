@@ -104,11 +104,24 @@ def test_a_missing_key_fails_naming_it():
         ("train", "batch_size", True, r"train\.batch_size is True; expected a int"),
         ("prepare", "val_fraction", 1.5, r"prepare\.val_fraction must be between 0 and 1"),
         ("gate", "require_significant_gain", "yes", r"gate\.require_significant_gain is 'yes'"),
+        ("train", "low_res_epochs", 10, r"train\.low_res_epochs must be in \[0, train\.epochs\)"),
+        ("train", "low_res_size", 16, r"train\.low_res_size must be at least 32"),
     ],
 )
 def test_a_bad_value_fails_naming_the_key_and_what_is_allowed(section, key, value, message):
     with pytest.raises(ParamsError, match=message):
         parse(drifted(lambda r: r[section].update({key: value})))
+
+
+def test_a_low_resolution_no_smaller_than_the_served_one_is_refused():
+    def low_res(size):
+        return drifted(lambda r: r["train"].update(low_res_epochs=2, low_res_size=size))
+
+    with pytest.raises(ParamsError, match=r"low_res_size must be smaller than prepare\.image_size"):
+        parse(low_res(224))
+    assert parse(low_res(128)).train.low_res_size == 128
+    # Off, the size is not checked against the served one.
+    parse(drifted(lambda r: r["train"].update(low_res_epochs=0, low_res_size=512)))
 
 
 def test_integers_are_accepted_where_floats_are_expected():

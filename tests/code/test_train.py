@@ -285,6 +285,40 @@ def test_each_process_gets_a_disjoint_share_of_every_batch(world):
     assert not np.array_equal(orders[0], orders[1])  # reshuffled every epoch
 
 
+def test_low_resolution_epochs_downscale_the_batches_then_return_to_the_full_size():
+    from pneumonia.prepared import PreparedSplit
+    from pneumonia.train import AugmentedBatches, Processes
+
+    n = 16
+    rows = np.linspace(0, 255, 64).astype(np.uint8)
+    images = np.broadcast_to(rows[None, :, None], (n, 64, 64)).copy()  # a vertical gradient
+    split = PreparedSplit(images, np.arange(n) % 2, [""] * n, [""] * n)
+    params = replace(TRAIN_PARAMS, batch_size=8, low_res_epochs=2, low_res_size=32)
+    batches = AugmentedBatches(split, replace(params, augment=Augment()), Processes())
+    sides = [batches[(epoch, 0)][0].shape[-2:] for epoch in (1, 2, 3)]
+    assert sides == [(32, 32), (32, 32), (64, 64)]
+    # Downscaled, not cropped: the low-resolution batch still spans the whole gradient.
+    low, full = batches[(1, 0)][0], batches[(3, 0)][0]
+    for row in (0, -1):
+        assert low[:, 0, row].mean().item() == pytest.approx(full[:, 0, row].mean().item(), abs=0.1)
+    assert low.min() >= full.min() - 1e-5 and low.max() <= full.max() + 1e-5
+
+
+def test_progressive_resizing_trains_at_low_resolution_first_and_validates_at_full(
+    small_dataset,
+):
+    from pneumonia.prepare import prepare
+    from pneumonia.train import train
+
+    splits, _ = prepare(small_dataset, 64, 0.2, seed=1, out_dir=small_dataset.parent / "p")
+    params = replace(TRAIN_PARAMS, epochs=3, low_res_epochs=2, low_res_size=32, select="last")
+    model, history, kept = train(build_model("none"), splits["train"], splits["val"], params)
+    assert [r["train_image_size"] for r in history] == [32, 32, 64]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"]) for r in history)
+    # validation (and so the kept model) is scored at the prepared, served size
+    assert val_loss_of(model, splits) == pytest.approx(kept["val_loss"], rel=1e-4)
+
+
 def test_mixing_off_changes_nothing():
     from pneumonia.train import mix_batch
 
