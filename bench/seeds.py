@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data: prepare.image_size=128)",
     )
     args = parser.parse_args(argv)
+    # Made now: a missing folder would otherwise fail only after every run has trained.
+    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for override in args.set:

@@ -55,7 +55,7 @@ def test_training_step_benchmark_runs():
 
 def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     data = copy_subset(tmp_path / "chest_xray", {"train": 12, "val": 4, "test": 4})
-    out = tmp_path / "seeds.json"
+    out = tmp_path / "not-made-yet" / "seeds.json"
     command = [
         sys.executable,
         "bench/seeds.py",
@@ -101,7 +101,7 @@ def test_seed_study_runs_and_scores_each_choice_and_the_ensembles(tmp_path):
     ]
     # the approaches' tables: validation figures from the runs' logits and the kept split
     summary = tmp_path / "summary.json"
-    tables = [sys.executable, "bench/approaches_table.py", str(tmp_path), "--json", str(summary)]
+    tables = [sys.executable, "bench/approaches_table.py", str(out.parent), "--json", str(summary)]
     shown = run([*tables, "--prepared", str(tmp_path / "prepared")], REPO, tool_env()).stdout
     assert "| seeds | last |" in shown and "| seeds | ensemble of 2 |" in shown
     approach = json.loads(summary.read_text())["seeds"]
