@@ -6,6 +6,7 @@ import logging
 import time
 
 from django.conf import settings
+from django.http.multipartparser import MultiPartParserError
 
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
@@ -45,15 +46,20 @@ class ContentSecurityPolicyMiddleware:
 
 class RejectNulBytesMiddleware:
     """400 for a NUL byte anywhere in the path, the query or a form field: no view, form or
-    query ever sees one, whichever field it is in (login name, filters, token names...)."""
+    query ever sees one, whichever field it is in (login name, filters, token names...). A
+    form body Django cannot parse is a 400 that says so, here where it is first read."""
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if _has_nul(request):
-            from diagnosis.views.errors import bad_request
+        from diagnosis.views.errors import bad_multipart, bad_request
 
+        try:
+            has_nul = _has_nul(request)
+        except MultiPartParserError:
+            return bad_multipart(request)
+        if has_nul:
             return bad_request(request)
         return self.get_response(request)
 

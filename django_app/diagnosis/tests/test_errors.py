@@ -182,3 +182,26 @@ def test_a_chunked_api_upload_is_told_to_send_a_length(clinician):
         headers={"Transfer-Encoding": "chunked"},
     )
     assert response.status_code == 411 and response.json()["error"]["code"] == "length_required"
+
+
+@pytest.mark.parametrize("url", ["/", "/api/v1/predictions"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=é"],
+)
+def test_a_multipart_body_without_a_usable_boundary_is_a_clear_400(
+    clinician, caplog, url, content_type
+):
+    """Django's parser raises on such a body wherever the form is first read; the answer says
+    what to send, and the log gets one line, not a traceback."""
+    client = logged_in(clinician)
+    client.raise_request_exception = False
+    with caplog.at_level(logging.INFO):
+        response = client.generic("POST", url, b"--x\r\n\r\n--x--\r\n", content_type=content_type)
+    assert response.status_code == 400
+    if url.startswith("/api/"):
+        assert response.json()["error"]["code"] == "bad_multipart"
+    else:
+        assert "multipart/form-data" in response.content.decode()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    assert any("multipart" in r.getMessage() for r in caplog.records)
