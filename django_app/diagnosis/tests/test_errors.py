@@ -205,3 +205,16 @@ def test_a_multipart_body_without_a_usable_boundary_is_a_clear_400(
         assert "multipart/form-data" in response.content.decode()
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     assert any("multipart" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PROPFIND", "FOO"])
+@pytest.mark.parametrize("url", ["/", "/history", "/account/login"])
+def test_a_method_no_page_serves_is_a_501_not_a_stale_form(clinician, method, url):
+    """CSRF refuses every unsafe method before the view's own 405: it must not be told as
+    an expired form. (The API's routes are CSRF-exempt: 405 with Allow, test_openapi.py.)"""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(clinician)
+    response = client.generic(method, url)
+    assert response.status_code == 501
+    body = response.content.decode()
+    assert "This form had expired" not in body and "not implement" in body

@@ -52,7 +52,10 @@ def server_error(request: HttpRequest) -> HttpResponse:
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     """A form older than the session (signed in again in another tab, or the page left open
-    overnight): say so in the app and lead back to the same page."""
+    overnight): say so in the app and lead back to the same page. Forms only POST: any other
+    method refused here (PUT, DELETE, PROPFIND...) is one no page serves, a 501."""
+    if request.method != "POST":
+        return unknown_method(request)
     if _wants_json(request):
         return api_error(403, "csrf_failed", "Send the request with a valid CSRF token.")
     back = request.path if url_has_allowed_host_and_scheme(request.path, None) else "/"
@@ -103,4 +106,16 @@ def bad_multipart(request: HttpRequest) -> HttpResponse:
         return api_error(400, "bad_multipart", message)
     return render(
         request, "diagnosis/error.html", {"title": "Bad request", "message": message}, status=400
+    )
+
+
+def unknown_method(request: HttpRequest) -> HttpResponse:
+    """501 for a method no page serves (RFC 9110: one the server supports for no resource);
+    the API's routes answer 405 with their Allow header themselves."""
+    message = "This service does not implement that HTTP method; its pages take GET and POST."
+    return render(
+        request,
+        "diagnosis/error.html",
+        {"title": "Not implemented", "message": message},
+        status=501,
     )
