@@ -184,20 +184,32 @@ def test_a_chunked_api_upload_is_told_to_send_a_length(clinician):
     assert response.status_code == 411 and response.json()["error"]["code"] == "length_required"
 
 
+LONG_PART_HEADER = (
+    b'--x\r\nContent-Disposition: form-data; name="image"; filename="'
+    + b"a" * 2000
+    + b'.jpg"\r\n\r\nJPEG\r\n--x--\r\n'
+)
+
+
 @pytest.mark.parametrize("url", ["/", "/api/v1/predictions"])
 @pytest.mark.parametrize(
-    "content_type",
-    ["multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=é"],
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"--x\r\n\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=", b"--x\r\n\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=é", b"--x\r\n\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=x", LONG_PART_HEADER),  # over the parser's header limit
+    ],
 )
-def test_a_multipart_body_without_a_usable_boundary_is_a_clear_400(
-    clinician, caplog, url, content_type
+def test_a_multipart_body_django_cannot_parse_is_a_clear_400(
+    clinician, caplog, url, content_type, body
 ):
     """Django's parser raises on such a body wherever the form is first read; the answer says
     what to send, and the log gets one line, not a traceback."""
     client = logged_in(clinician)
     client.raise_request_exception = False
     with caplog.at_level(logging.INFO):
-        response = client.generic("POST", url, b"--x\r\n\r\n--x--\r\n", content_type=content_type)
+        response = client.generic("POST", url, body, content_type=content_type)
     assert response.status_code == 400
     if url.startswith("/api/"):
         assert response.json()["error"]["code"] == "bad_multipart"

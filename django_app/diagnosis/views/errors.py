@@ -94,13 +94,13 @@ def bad_request(request: HttpRequest, exception=None) -> HttpResponse:
 
 
 def bad_multipart(request: HttpRequest) -> HttpResponse:
-    """A multipart/form-data body Django's parser refuses (no boundary, or one it cannot use):
-    say what to send instead of the generic page."""
-    logger.warning("Refused a multipart/form-data body with no usable boundary: %s", request.path)
+    """A multipart/form-data body Django's parser refuses (no usable boundary, a part header
+    over its limit, broken base64): say what to send instead of the generic page."""
+    logger.warning("Refused a multipart/form-data body Django cannot parse: %s", request.path)
     message = (
-        "The body was not valid multipart/form-data: its boundary is missing or malformed."
-        " Upload the image with the form on the page, or let your HTTP client build the"
-        " multipart body (curl -F image=@FILE); do not set the Content-Type header by hand."
+        "The body was not valid multipart/form-data (for example, its boundary is missing or"
+        " malformed). Upload the image with the form on the page, or let your HTTP client build"
+        " the multipart body (curl -F image=@FILE); do not set the Content-Type header by hand."
     )
     if _wants_json(request):
         return api_error(400, "bad_multipart", message)
