@@ -53,13 +53,15 @@ class RejectNulBytesMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        from diagnosis.views.errors import bad_multipart, bad_request
-
         try:
             has_nul = _has_nul(request)
         except MultiPartParserError:
+            from diagnosis.views.errors import bad_multipart
+
             return bad_multipart(request)
         if has_nul:
+            from diagnosis.views.errors import bad_request
+
             return bad_request(request)
         return self.get_response(request)
 
